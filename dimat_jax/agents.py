@@ -1,0 +1,187 @@
+"""Stacked agents: N models as one pytree with a leading agent axis, advanced by one jitted step.
+
+Every leaf of ``params``, ``batch_stats`` and ``opt_state`` has shape [N, ...]. How the per-agent
+computation is laid out inside the jitted step is the *agent strategy*:
+
+- ``vmap``: ``jax.vmap`` over the agent axis. Convolutions with per-agent kernels become grouped
+  convolutions: fast on GPU/TPU, ~5x slower than a loop on XLA:CPU.
+- ``unrolled``: a Python loop over agents inside the one jitted function (N copies of the step in
+  one XLA program; compile time grows with N). Fastest on CPU.
+- ``map``: ``jax.lax.map`` (a compiled loop; small programs, slow on CPU).
+- ``auto``: ``unrolled`` on CPU, ``vmap`` elsewhere (see experiments/benchmarks/agent_strategies.py).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+STRATEGIES = ("auto", "vmap", "unrolled", "map")
+
+
+class AgentState(flax.struct.PyTreeNode):
+    """Stacked training state; every leaf has a leading agent axis [N, ...]."""
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+    @property
+    def num_agents(self) -> int:
+        return int(jax.tree.leaves(self.params)[0].shape[0])
+
+    @property
+    def variables(self) -> dict:
+        """Flax variables ``{'params', 'batch_stats'}`` (stacked)."""
+        return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+def resolve_strategy(name: str, backend: str | None = None) -> str:
+    """Concrete strategy for ``name``; 'auto' picks by backend ('cpu' -> 'unrolled', else 'vmap')."""
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown agent strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    if name != "auto":
+        return name
+    return "unrolled" if (backend or jax.default_backend()) == "cpu" else "vmap"
+
+
+def over_agents(fn: Callable, strategy: str) -> Callable:
+    """Lift ``fn(agent_tree, *shared)`` to ``g(stacked_tree, *shared)`` with the given strategy.
+
+    ``stacked_tree`` leaves carry a leading agent axis; ``shared`` arguments are the same for all
+    agents. The result's leaves carry the agent axis too.
+    """
+    strategy = resolve_strategy(strategy)
+    if strategy == "vmap":
+        def g(stacked, *shared):
+            return jax.vmap(fn, in_axes=(0,) + (None,) * len(shared))(stacked, *shared)
+    elif strategy == "map":
+        def g(stacked, *shared):
+            return jax.lax.map(lambda a: fn(a, *shared), stacked)
+    else:
+        def g(stacked, *shared):
+            n = jax.tree.leaves(stacked)[0].shape[0]
+            outs = [fn(jax.tree.map(lambda x: x[i], stacked), *shared) for i in range(n)]
+            return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+    return g
+
+
+# ------------------------------------------------------------------------------ initialisation
+def agent_key(seed: int, agent: int) -> jax.Array:
+    """Initialisation key of agent ``agent``: every agent has its own seed."""
+    return jax.random.fold_in(jax.random.PRNGKey(seed), agent)
+
+
+def init_variables(model, image_shape, num_agents: int, seed: int) -> dict:
+    """Stacked Flax variables of ``num_agents`` models, agent i initialised from ``agent_key(seed, i)``."""
+    dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+    keys = jnp.stack([agent_key(seed, i) for i in range(num_agents)])
+    variables = jax.jit(jax.vmap(lambda k: model.init(k, dummy, train=False)))(keys)
+    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+def init_state(model, tx: optax.GradientTransformation, image_shape, num_agents: int, seed: int) -> AgentState:
+    variables = init_variables(model, image_shape, num_agents, seed)
+    return AgentState(params=variables["params"], batch_stats=variables["batch_stats"],
+                      opt_state=init_opt_state(tx, variables["params"]))
+
+
+def init_opt_state(tx: optax.GradientTransformation, params) -> Any:
+    """Fresh stacked optimizer state for stacked ``params``."""
+    return jax.jit(jax.vmap(tx.init))(params)
+
+
+def num_params(params, per_agent: bool = True) -> int:
+    """Parameter count of one agent (``per_agent``) or of the whole stack."""
+    leaves = jax.tree.leaves(params)
+    total = sum(int(np.prod(x.shape)) for x in leaves)
+    return total // leaves[0].shape[0] if per_agent else total
+
+
+# ------------------------------------------------------------------------------ steps
+def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+    """Per-example softmax cross-entropy, [B]."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+
+
+def make_train_step(model, tx: optax.GradientTransformation, preprocess, strategy: str = "auto"):
+    """Jitted ``step(state, x_train, y_train, idx, key) -> (state, metrics)`` for all agents.
+
+    ``x_train``/``y_train``: the whole (raw) training set on device, [n, H, W, C] / [n];
+    ``idx``: int32 [N, B] batch indices per agent; ``key``: this step's key (agent a augments with
+    ``fold_in(key, a)``). ``metrics``: per-agent batch ``loss`` and ``accuracy``, each [N].
+    ``state`` is donated.
+    """
+
+    def agent_step(agent, x_all, y_all):
+        params, batch_stats, opt_state, idx, key = agent
+        x = preprocess.train(key, x_all[idx])
+        y = y_all[idx]
+
+        def loss_fn(p):
+            logits, updates = model.apply({"params": p, "batch_stats": batch_stats}, x, train=True,
+                                          mutable=["batch_stats"])
+            return cross_entropy(logits, y).mean(), (logits, updates.get("batch_stats", batch_stats))
+
+        (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        acc = (jnp.argmax(logits, -1) == y).mean()
+        return (params, new_stats, opt_state), {"loss": loss, "accuracy": acc}
+
+    lifted = over_agents(agent_step, strategy)
+
+    @functools.partial(jax.jit, donate_argnums=(0,))
+    def step(state: AgentState, x_all, y_all, idx, key):
+        n = idx.shape[0]
+        keys = jax.vmap(lambda a: jax.random.fold_in(key, a))(jnp.arange(n))
+        (params, stats, opt), metrics = lifted(
+            (state.params, state.batch_stats, state.opt_state, idx, keys), x_all, y_all)
+        return AgentState(params=params, batch_stats=stats, opt_state=opt), metrics
+
+    return step
+
+
+def make_eval_step(model, preprocess, strategy: str = "auto"):
+    """Jitted ``eval_step(variables, x, y, mask) -> (loss_sum [N], correct [N])`` on one shared batch.
+
+    ``x``: raw [B, H, W, C]; ``mask``: [B] 1.0 for real examples, 0.0 for padding. BatchNorm in eval
+    mode (running statistics).
+    """
+
+    def agent_eval(variables, x, y, mask):
+        logits = model.apply(variables, preprocess.eval(x), train=False)
+        loss = (cross_entropy(logits, y) * mask).sum()
+        correct = ((jnp.argmax(logits, -1) == y) * mask).sum()
+        return loss, correct
+
+    return jax.jit(over_agents(agent_eval, strategy))
+
+
+class TestSet:
+    """The test split on device, padded to whole batches: x [nb, B, H, W, C], y and mask [nb, B]."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int):
+        n = len(y)
+        batch_size = max(1, min(batch_size, n))
+        nb = -(-n // batch_size)
+        pad = nb * batch_size - n
+        self.size = n
+        self.x = jnp.asarray(np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]).reshape(
+            (nb, batch_size) + x.shape[1:]))
+        self.y = jnp.asarray(np.concatenate([y, np.zeros(pad, y.dtype)]).reshape(nb, batch_size))
+        self.mask = jnp.asarray((np.arange(nb * batch_size) < n).astype(np.float32).reshape(nb, batch_size))
+
+
+def evaluate(eval_step, variables: dict, test: TestSet) -> dict[str, np.ndarray]:
+    """Per-agent test ``accuracy`` and mean ``loss`` over the whole test set, each float64 [N]."""
+    loss, correct = 0.0, 0.0
+    for b in range(test.x.shape[0]):
+        l, c = eval_step(variables, test.x[b], test.y[b], test.mask[b])
+        loss, correct = loss + l, correct + c
+    loss, correct = np.asarray(loss, np.float64), np.asarray(correct, np.float64)
+    return {"accuracy": correct / test.size, "loss": loss / test.size}

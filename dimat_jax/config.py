@@ -1,0 +1,181 @@
+"""The configuration schema: defaults, allowed values and cross-field checks.
+
+Config files in ``configs/`` start from :func:`get_default_config` (a *locked* ConfigDict, so a
+misspelt key fails at once with a "did you mean" hint) and change what they need. :func:`validate`
+runs before any work starts and raises :class:`ConfigError` naming the key and its allowed values.
+
+Top-level keys are a stable command-line contract (``--config.<key>=...``); other settings live in
+the nested sections ``data``, ``optim``, ``pretrain``, ``graph``, ``agents``, ``log``.
+"""
+from __future__ import annotations
+
+import difflib
+
+import ml_collections
+
+from dimat_jax import topology
+from dimat_jax.agents import STRATEGIES
+from dimat_jax.data.partition import PARTITIONS
+from dimat_jax.data.pipeline import AUGMENTATIONS
+from dimat_jax.data.sources import DATASETS
+from dimat_jax.models import MODELS
+from dimat_jax.optim import ALIASES as OPTIMIZER_ALIASES
+from dimat_jax.optim import OPTIMIZERS
+
+ALGORITHMS = ("local", "centralized")
+NORMALIZATIONS = ("dataset", "reference")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; raised before any work starts."""
+
+
+def get_default_config() -> ml_collections.ConfigDict:
+    """Every key with its default. Returns a locked ConfigDict (new keys cannot be added)."""
+    c = ml_collections.ConfigDict()
+    # --- stable top-level keys
+    c.dataset = "digits"          # digits | mnist | fashion_mnist | cifar10 | cifar100 | tiny_imagenet | npz
+    c.data_path = ""              # .npz file (dataset=npz) or tiny-imagenet-200 folder (dataset=tiny_imagenet)
+    c.model = "cnn"               # cnn | resnet20 | vgg16
+    c.width = 1.0                 # channel-width multiplier
+    c.num_agents = 5
+    c.partition = "iid"           # iid | noniid | iid_shuffled | k_classes | shards | dirichlet
+    c.algorithm = "local"         # local | centralized
+    c.topology = "ring"           # fc | ring | bipartite | disconnected | torus | exponential | erdos_renyi | one_peer_exponential | file
+    c.topology_path = ""          # mixing-matrix file for topology=file (.npy, .txt, .csv)
+    c.seed = 0
+    c.rounds = 10                 # evaluation rounds after pre-training
+    c.local_epochs = 2            # local epochs per round
+    c.pretrain_epochs = 10        # independent local training before the first round
+    c.batch_size = 32             # per agent
+    c.optimizer = "adam"          # sgd | msgd (alias momentum) | adam — local training in rounds
+    c.lr = 1e-3
+
+    c.data = ml_collections.ConfigDict()
+    c.data.data_dir = ""          # TFDS data dir ('' -> $TFDS_DATA_DIR or ~/tensorflow_datasets)
+    c.data.normalization = "dataset"   # dataset | reference (the reference code's constants)
+    c.data.augment = "auto"       # auto (dataset default) | none | crop | flip | crop_flip
+    c.data.crop_padding = -1      # random-crop padding; -1 -> dataset default
+    c.data.alpha = 0.5            # Dirichlet concentration (partition=dirichlet)
+    c.data.classes_per_agent = 2  # partition=k_classes
+    c.data.shards_per_agent = 2   # partition=shards
+    c.data.min_agent_examples = 1  # partition=dirichlet: redraw until every agent has this many
+    c.data.steps_per_epoch = 0    # 0 -> ceil(mean shard size / batch_size)
+    c.data.eval_batch_size = 500
+    c.data.max_train_examples = 0  # 0 -> all; else a seeded random subset (quick experiments)
+    c.data.max_test_examples = 0
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.momentum = 0.9        # msgd
+    c.optim.nesterov = False
+    c.optim.weight_decay = 0.0    # coupled L2, PyTorch-style
+    c.optim.lr_decay = 1.0        # lr multiplied by this every epoch (reference baselines: 0.981)
+
+    c.pretrain = ml_collections.ConfigDict()
+    c.pretrain.optimizer = "adam"  # reference pre-training: Adam 1e-3, no schedule
+    c.pretrain.lr = 1e-3
+    c.pretrain.lr_decay = 1.0
+
+    c.graph = ml_collections.ConfigDict()
+    c.graph.edge_probability = 0.5  # topology=erdos_renyi
+    c.graph.torus_rows = 0          # topology=torus; 0 -> most square factorisation
+
+    c.agents = ml_collections.ConfigDict()
+    c.agents.strategy = "auto"    # auto | vmap | unrolled | map (see dimat_jax/agents.py)
+
+    c.log = ml_collections.ConfigDict()
+    c.log.progress = True         # tqdm progress bars
+    c.log.plot = True             # write accuracy.png at the end
+    c.lock()
+    return c
+
+
+_CHOICES = {
+    "dataset": DATASETS, "model": MODELS, "partition": PARTITIONS, "algorithm": ALGORITHMS,
+    "topology": topology.TOPOLOGIES + tuple(topology.ALIASES),
+    "optimizer": OPTIMIZERS + tuple(OPTIMIZER_ALIASES), "pretrain.optimizer": OPTIMIZERS + tuple(OPTIMIZER_ALIASES),
+    "data.normalization": NORMALIZATIONS, "data.augment": AUGMENTATIONS, "agents.strategy": STRATEGIES,
+}
+
+
+def _get(c, dotted):
+    for part in dotted.split("."):
+        c = c[part]
+    return c
+
+
+def _flat(c, prefix=""):
+    for k, v in c.items():
+        if isinstance(v, ml_collections.ConfigDict):
+            yield from _flat(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Check keys, types, allowed values and combinations; return the config or raise ConfigError."""
+    defaults = dict(_flat(get_default_config()))
+    given = dict(_flat(config))
+    for key in given:
+        if key not in defaults:
+            hint = difflib.get_close_matches(key, defaults, n=1)
+            raise ConfigError(f"unknown config key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+    for key, default in defaults.items():
+        if key not in given:
+            raise ConfigError(f"config lacks key {key!r}; build config files from "
+                              "dimat_jax.config.get_default_config()")
+        value = given[key]
+        want = type(default)
+        ok = isinstance(value, want) or (want is float and isinstance(value, int) and not isinstance(value, bool))
+        if want is int and isinstance(value, bool):
+            ok = False
+        if not ok:
+            raise ConfigError(f"config key {key!r} must be of type {want.__name__}, got {value!r}")
+    for key, choices in _CHOICES.items():
+        value = _get(config, key)
+        if value not in choices:
+            raise ConfigError(f"config key {key!r} = {value!r} is not allowed; choose one of {', '.join(choices)}")
+
+    def need(cond, msg):
+        if not cond:
+            raise ConfigError(msg)
+
+    c = config
+    need(c.num_agents >= 1, f"num_agents must be >= 1, got {c.num_agents}")
+    need(c.width > 0, f"width must be > 0, got {c.width}")
+    need(c.batch_size >= 1, f"batch_size must be >= 1, got {c.batch_size}")
+    need(c.lr > 0 and c.pretrain.lr > 0, "lr and pretrain.lr must be > 0")
+    need(c.rounds >= 0 and c.pretrain_epochs >= 0, "rounds and pretrain_epochs must be >= 0")
+    need(c.local_epochs >= 1, f"local_epochs must be >= 1, got {c.local_epochs}")
+    need(c.rounds > 0 or c.pretrain_epochs > 0, "nothing to do: rounds = 0 and pretrain_epochs = 0")
+    need(0 < c.optim.lr_decay <= 1 and 0 < c.pretrain.lr_decay <= 1, "optim.lr_decay and pretrain.lr_decay must be in (0, 1]")
+    need(0 <= c.optim.momentum < 1, f"optim.momentum must be in [0, 1), got {c.optim.momentum}")
+    need(c.optim.weight_decay >= 0, "optim.weight_decay must be >= 0")
+    need(c.data.eval_batch_size >= 1, "data.eval_batch_size must be >= 1")
+    need(c.data.alpha > 0, f"data.alpha must be > 0, got {c.data.alpha}")
+    need(c.data.classes_per_agent >= 1 and c.data.shards_per_agent >= 1,
+         "data.classes_per_agent and data.shards_per_agent must be >= 1")
+    need(c.data.steps_per_epoch >= 0 and c.data.max_train_examples >= 0 and c.data.max_test_examples >= 0,
+         "data.steps_per_epoch, data.max_train_examples and data.max_test_examples must be >= 0")
+    if c.dataset in ("npz", "tiny_imagenet"):
+        need(bool(c.data_path), f"dataset {c.dataset!r} needs --config.data_path "
+             + ("(an .npz with x_train, y_train, x_test, y_test)" if c.dataset == "npz"
+                else "(the extracted tiny-imagenet-200 folder)"))
+    if c.model == "vgg16" and c.dataset in ("digits", "mnist", "fashion_mnist"):
+        raise ConfigError(f"model 'vgg16' needs images of at least 32x32 but {c.dataset!r} images are "
+                          f"{'8x8' if c.dataset == 'digits' else '28x28'}; use model 'cnn' or 'resnet20'")
+    if c.partition == "noniid" and c.algorithm != "centralized":
+        classes = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100,
+                   "tiny_imagenet": 200}.get(c.dataset)
+        if classes is not None:
+            need(c.num_agents <= classes, f"partition 'noniid' gives class c to agent c mod N, so num_agents "
+                 f"= {c.num_agents} > {classes} classes of {c.dataset!r} leaves agents without data")
+    if c.topology in ("file",):
+        need(bool(c.topology_path), "topology 'file' needs --config.topology_path=/path/to/matrix")
+    try:  # the graph must exist for this agent count (cheap: numpy only)
+        if c.algorithm != "centralized":
+            topology.build(c.topology, c.num_agents, seed=c.seed, edge_probability=c.graph.edge_probability,
+                           torus_rows=c.graph.torus_rows, path=c.topology_path)
+    except topology.TopologyError as e:
+        raise ConfigError(str(e)) from e
+    return config

@@ -1,0 +1,89 @@
+r"""dimat_jax command line.
+
+  python -m dimat_jax.main --config configs/quickstart.py [--workdir DIR] [--config.<key>=<value> ...]
+
+--config names an ml_collections config file (a Python file with get_config()); any key can be
+overridden with --config.<key>=<value>, nested ones with dots (--config.data.alpha=0.1). Unknown
+keys, wrong types and invalid combinations stop the run before any work, naming the key and the
+allowed values. --dry_run validates and prints the resolved config. Outputs go to --workdir
+(default runs/<config name>-<timestamp>): config.json, partition.json, metrics.jsonl (one JSON
+object per evaluation), summary.json and accuracy.png. A workdir that already holds results is
+never overwritten.
+"""
+from __future__ import annotations
+
+import datetime
+import pathlib
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file (Python, defines get_config()); override keys with --config.<key>=<value>.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: runs/<config name>-<timestamp>).")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Validate the config, print it, and exit without training.")
+
+
+def _fail(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _parse_flags(argv):
+    """absl flag parsing that turns config mistakes into one-line errors instead of tracebacks."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        _fail(f"{e}\nRun with --help for usage.")
+    except (AttributeError, KeyError, TypeError, ValueError) as e:  # ml_collections: unknown key, bad type
+        msg = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'").replace('\\"', '"')
+        _fail(f"bad --config override: {msg}")
+
+
+def default_workdir(config_path: str) -> pathlib.Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return pathlib.Path("runs") / f"{pathlib.Path(config_path or 'config').stem}-{stamp}"
+
+
+def main(argv):
+    if len(argv) > 1:
+        _fail(f"unexpected arguments {argv[1:]}; settings are passed as --config.<key>=<value>")
+    if not flags.FLAGS["verbosity"].present:  # absl INFO chatter (XLA backend probing) off by default
+        logging.set_verbosity(logging.WARNING)
+    try:
+        config = _CONFIG.value
+        if config is not None:
+            config.keys()  # ml_collections defers config-file errors to first access
+    except OSError as e:
+        _fail("cannot load --config: " + " ".join(str(e).split("\n", 1)[-1].split()))
+    if config is None:
+        _fail("--config is required, e.g. --config configs/quickstart.py")
+    from dimat_jax.config import ConfigError, validate  # heavy imports after flag parsing (fast --help)
+    try:
+        validate(config)
+    except ConfigError as e:
+        _fail(f"invalid config: {e}")
+    if _DRY_RUN.value:
+        print(config)
+        return
+    from dimat_jax import train
+    from dimat_jax.data import DataError, PartitionError
+    from dimat_jax.models import ModelError
+    from dimat_jax.topology import TopologyError
+    workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
+    try:
+        train.run(config, workdir)
+    except (ConfigError, DataError, PartitionError, ModelError, TopologyError, train.WorkdirError) as e:
+        _fail(str(e))
+    except train.NonFiniteError as e:
+        _fail(f"{e}. Results up to the last finite evaluation are in {workdir}/metrics.jsonl")
+
+
+def run_cli():
+    app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+    run_cli()

@@ -1,0 +1,35 @@
+"""Small CNN for the embedded digits (and MNIST-sized data).
+
+conv1(32w) -> bn1 -> relu -> conv2(64w) -> bn2 -> relu -> maxpool 2 -> conv3(128w) -> bn3 -> relu
+-> global average pool -> fc1(128w) -> relu -> head(num_classes). 3x3 convolutions with bias.
+Width 1, 1 input channel, 10 classes: 111 k parameters.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from dimat_jax.models.layers import BatchNorm, conv3x3, dense, sow_feature
+
+
+def channels(base: int, width: float) -> int:
+    return max(1, int(round(base * width)))
+
+
+class SmallCNN(nn.Module):
+    num_classes: int
+    width: float = 1.0
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        """x: [B, H, W, C] normalised images -> logits [B, num_classes]."""
+        for i, base in enumerate((32, 64, 128), start=1):
+            x = conv3x3(channels(base, self.width), f"conv{i}", use_bias=True)(x)
+            x = nn.relu(BatchNorm(name=f"bn{i}")(x, train))
+            sow_feature(self, f"relu{i}", x)
+            if i == 2:
+                x = nn.max_pool(x, (2, 2), (2, 2))
+        x = x.mean(axis=(1, 2))
+        x = nn.relu(dense(channels(128, self.width), "fc1")(x))
+        sow_feature(self, "relu_fc1", x)
+        return dense(self.num_classes, "head")(x)
