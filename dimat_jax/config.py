@@ -179,3 +179,32 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     except topology.TopologyError as e:
         raise ConfigError(str(e)) from e
     return config
+
+
+def load_config_file(path, overrides: dict | None = None) -> ml_collections.ConfigDict:
+    """``get_config()`` of a config file, with optional ``{'data.alpha': 0.1, ...}`` overrides, validated.
+
+    The Python-API equivalent of ``--config path --config.<key>=<value>`` (for notebooks and sweeps).
+    """
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found")
+    spec = importlib.util.spec_from_file_location(f"dimat_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    for dotted, value in (overrides or {}).items():
+        node = config
+        *parents, leaf = dotted.split(".")
+        try:
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+        except (KeyError, AttributeError) as e:
+            raise ConfigError(f"unknown config key {dotted!r}") from e
+        except TypeError as e:
+            raise ConfigError(f"config key {dotted!r}: {e}") from e
+    return validate(config)

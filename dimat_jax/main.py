@@ -35,6 +35,10 @@ def _parse_flags(argv):
     """absl flag parsing that turns config mistakes into one-line errors instead of tracebacks."""
     try:
         return flags.FLAGS(argv)
+    except SystemExit as e:  # absl exits 1 after printing --help; asking for help is not an error
+        if e.code == 1 and any(a in ("--help", "-h", "--helpshort", "--helpfull", "-?") for a in argv[1:]):
+            sys.exit(0)
+        raise
     except flags.Error as e:
         _fail(f"{e}\nRun with --help for usage.")
     except (AttributeError, KeyError, TypeError, ValueError) as e:  # ml_collections: unknown key, bad type

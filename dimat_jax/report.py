@@ -90,8 +90,9 @@ def histogram_table(hist: np.ndarray) -> str:
     return table(rows, ["agent", "total", "classes", "max count", "top class"])
 
 
-def plot_accuracy(records: list[dict], path, title: str = "") -> None:
-    """Mean test accuracy vs round with a ±1 std band across agents, and each agent's curve (PNG)."""
+def plot_accuracy(records: list[dict], path, title: str = "", ceiling: float | None = None) -> None:
+    """Mean test accuracy vs round with a ±1 std band across agents, and each agent's curve (PNG).
+    ``ceiling`` (fraction), when below 1, is drawn dashed: the mean class ceiling of the partition."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -110,6 +111,8 @@ def plot_accuracy(records: list[dict], path, title: str = "") -> None:
         per_agent = 100 * np.array([r["per_agent_test_accuracy"] for r in rs])
         if per_agent.shape[1] > 1:
             ax.plot(x, per_agent, color=line.get_color(), lw=0.6, alpha=0.35)
+    if ceiling is not None and ceiling < 1:
+        ax.axhline(100 * ceiling, ls="--", color="grey", lw=1, label="class ceiling (mean)")
     ax.set_xlabel("round (0 = after pre-training)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)

@@ -171,12 +171,15 @@ def run(config: ml_collections.ConfigDict, workdir, log: Callable[[str], None] =
     strategy = agents.resolve_strategy(config.agents.strategy)
     log(f"dataset {ds.name} ({ds.source}): {len(ds.y_train)} train / {len(ds.y_test)} test, "
         f"{ds.image_shape}, {ds.num_classes} classes; {ctx.data.preprocess}")
-    hist = ctx.data.histograms()
+    hist, ceiling = ctx.data.histograms(), ctx.data.class_ceiling()
     log(f"partition {config.partition if config.algorithm != 'centralized' else 'all data (centralized)'}: "
         f"label histogram per agent\n{report.histogram_table(hist)}")
+    if ceiling.min() < 1:
+        log(f"class ceiling (share of test examples in classes an agent has seen): mean "
+            f"{100 * ceiling.mean():.1f} %, per agent {', '.join(f'{100 * c:.1f}' for c in ceiling)}")
     report.write_json(workdir / "partition.json", {
         "partition": config.partition, "num_agents": n, "shard_sizes": [len(s) for s in ctx.data.shards],
-        "label_histograms": hist})
+        "label_histograms": hist, "class_ceiling": ceiling})
 
     tx, pretrain_step = ctx.train_step("pretrain")
     state = agents.init_state(ctx.model, tx, ds.image_shape, n, config.seed)
@@ -213,7 +216,7 @@ def run(config: ml_collections.ConfigDict, workdir, log: Callable[[str], None] =
     summary = summarize(writer.records, config, n_params, time.perf_counter() - t0)
     report.write_json(workdir / "summary.json", summary)
     if config.log.plot:
-        report.plot_accuracy(writer.records, workdir / "accuracy.png",
+        report.plot_accuracy(writer.records, workdir / "accuracy.png", ceiling=float(ceiling.mean()),
                              title=f"{config.algorithm} · {config.dataset} · {config.model} · N={n} · {config.partition}")
     log("\n" + format_summary(writer.records, summary, workdir))
     return summary

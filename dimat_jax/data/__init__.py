@@ -28,6 +28,13 @@ class AgentData:
         """[N, K] label counts per agent."""
         return label_histograms(self.dataset.y_train, self.shards, self.dataset.num_classes)
 
+    def class_ceiling(self) -> np.ndarray:
+        """[N] share of the test set whose class the agent has seen in training: the best test
+        accuracy a model trained only on that agent's classes can reach."""
+        seen = self.histograms() > 0
+        test_counts = np.bincount(self.dataset.y_test, minlength=self.dataset.num_classes)
+        return (seen * test_counts).sum(1) / max(1, len(self.dataset.y_test))
+
 
 def _subsample(x, y, limit, seed):
     if limit <= 0 or limit >= len(y):

@@ -1,0 +1,121 @@
+"""Config validation and the command line: bad input fails early with the promised messages."""
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from dimat_jax.config import ConfigError, get_default_config, load_config_file, validate
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").rglob("*.py"))
+
+
+def test_defaults_are_valid():
+    validate(get_default_config())
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(ROOT)) for p in CONFIGS])
+def test_shipped_configs_are_valid(path):
+    load_config_file(path)
+
+
+def test_stable_top_level_keys():
+    c = get_default_config()
+    for key in ["dataset", "data_path", "model", "width", "num_agents", "partition", "algorithm", "topology",
+                "seed", "rounds", "local_epochs", "pretrain_epochs", "batch_size", "optimizer", "lr"]:
+        assert key in c
+
+
+def test_load_config_file_with_overrides():
+    c = load_config_file(ROOT / "configs" / "quickstart.py", {"num_agents": 3, "data.alpha": 0.1})
+    assert c.num_agents == 3 and c.data.alpha == 0.1
+    with pytest.raises(ConfigError, match="unknown config key 'data.alhpa'"):
+        load_config_file(ROOT / "configs" / "quickstart.py", {"data.alhpa": 0.1})
+    with pytest.raises(ConfigError, match="not allowed"):
+        load_config_file(ROOT / "configs" / "quickstart.py", {"model": "mlp"})
+
+
+def test_locked_config_rejects_typos_with_hint():
+    c = get_default_config()
+    with pytest.raises(AttributeError, match="partition"):
+        c.partiton = "iid"
+
+
+def _bad(**changes):
+    c = get_default_config()
+    c.unlock()
+    for k, v in changes.items():
+        node = c
+        parts = k.split(".")
+        for p in parts[:-1]:
+            node = node[p]
+        node[parts[-1]] = v
+    return c
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"model": "resnet18"}, "'model' = 'resnet18' is not allowed; choose one of cnn, resnet20, vgg16"),
+    ({"dataset": "imagenet"}, "choose one of digits, cifar10"),
+    ({"partition": "pathological"}, "'partition'"),
+    ({"algorithm": "fedavg"}, "'algorithm'"),
+    ({"topology": "star"}, "'topology'"),
+    ({"optimizer": "rmsprop"}, "'optimizer'"),
+    ({"agents.strategy": "pmap"}, "'agents.strategy'"),
+    ({"num_agents": 0}, "num_agents must be >= 1"),
+    ({"width": -1.0}, "width must be > 0"),
+    ({"num_agents": 11, "partition": "noniid"}, "noniid"),
+    ({"dataset": "npz"}, "data_path"),
+    ({"dataset": "tiny_imagenet"}, "data_path"),
+    ({"model": "vgg16"}, "32x32"),
+    ({"topology": "bipartite", "num_agents": 2}, "bipartite"),
+    ({"topology": "file"}, "topology_path"),
+    ({"data.alpha": 0.0}, "alpha"),
+    ({"rounds": 0, "pretrain_epochs": 0}, "nothing to do"),
+    ({"optim.lr_decay": 1.5}, "lr_decay"),
+    ({"lr": 0.0}, "lr"),
+])
+def test_invalid_configs(changes, message):
+    with pytest.raises(ConfigError) as e:
+        validate(_bad(**changes))
+    assert message in str(e.value)
+
+
+def test_type_and_unknown_key_checks():
+    import ml_collections
+    c = get_default_config()
+    with pytest.raises(TypeError):  # ConfigDict itself refuses a type change
+        c.num_agents = "5"
+    d = get_default_config().to_dict()
+    d["num_agents"] = "5"  # a config built from a plain dict bypasses that: validate catches it
+    with pytest.raises(ConfigError, match="'num_agents' must be of type int"):
+        validate(ml_collections.ConfigDict(d))
+    c = get_default_config()
+    c.unlock()
+    c.data.agumentation = "x"
+    with pytest.raises(ConfigError, match="unknown config key 'data.agumentation'"):
+        validate(c)
+    c = get_default_config()
+    c.unlock()
+    c.width = 2  # an int where a float is expected is fine
+    validate(c)
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "dimat_jax.main", *args], capture_output=True, text=True,
+                          cwd=cwd or ROOT, timeout=300)
+
+
+def test_cli_rejects_bad_input_before_any_work(tmp_path):
+    r = cli("--config", "configs/quickstart.py", "--config.partiton=iid", f"--workdir={tmp_path / 'w'}")
+    assert r.returncode == 2 and 'Did you mean "partition"' in r.stderr
+    r = cli("--config", "configs/quickstart.py", "--config.num_agents=abc", f"--workdir={tmp_path / 'w'}")
+    assert r.returncode == 2 and "num_agents" in r.stderr
+    r = cli("--config", "configs/quickstart.py", "--config.model=vgg16", f"--workdir={tmp_path / 'w'}")
+    assert r.returncode == 2 and "32x32" in r.stderr
+    r = cli("--config", "configs/missing.py")
+    assert r.returncode == 2 and "missing.py" in r.stderr
+    assert not (tmp_path / "w").exists()  # nothing was started
+    r = cli("--config", "configs/quickstart.py", "--dry_run")
+    assert r.returncode == 0 and "partition: noniid" in r.stdout
+    r = cli("--help")
+    assert r.returncode == 0 and "--config.<key>=<value>" in r.stdout

@@ -1,0 +1,86 @@
+"""End to end on the embedded digits: outputs, metrics keys, centralized, safety of workdirs."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from dimat_jax import report, train
+from dimat_jax.config import get_default_config
+
+REQUIRED = {"round", "epoch", "algorithm", "mean_test_accuracy", "std_test_accuracy", "per_agent_test_accuracy",
+            "mean_test_loss", "wall_time_s"}
+
+
+def tiny(**kw):
+    c = get_default_config()
+    c.width = 0.25
+    c.num_agents = 3
+    c.pretrain_epochs = 1
+    c.rounds = 2
+    c.local_epochs = 1
+    c.batch_size = 16
+    c.data.steps_per_epoch = 3
+    c.log.progress = False
+    for k, v in kw.items():
+        node = c
+        *path, last = k.split("__")
+        for p in path:
+            node = node[p]
+        node[last] = v
+    return c
+
+
+def test_local_run_writes_outputs(tmp_path):
+    logs = []
+    summary = train.run(tiny(partition="dirichlet", data__alpha=1.0), tmp_path / "w", log=logs.append)
+    w = tmp_path / "w"
+    for f in ["config.json", "partition.json", "metrics.jsonl", "summary.json", "accuracy.png"]:
+        assert (w / f).is_file(), f
+    recs = report.read_metrics(w)
+    assert [r["round"] for r in recs] == [0, 1, 2]
+    assert [r["epoch"] for r in recs] == [1, 2, 3]
+    assert [r["local_steps"] for r in recs] == [3, 6, 9]
+    for r in recs:
+        assert REQUIRED <= set(r)
+        assert r["algorithm"] == "local" and len(r["per_agent_test_accuracy"]) == 3
+        assert r["mean_test_accuracy"] == pytest.approx(np.mean(r["per_agent_test_accuracy"]))
+        assert r["std_test_accuracy"] == pytest.approx(np.std(r["per_agent_test_accuracy"]))
+        assert r["messages_sent_total"] == 0 and r["bytes_sent_total"] == 0
+    part = json.loads((w / "partition.json").read_text())
+    assert sum(part["shard_sizes"]) == 1433 and np.array(part["label_histograms"]).shape == (3, 10)
+    assert json.loads((w / "config.json").read_text())["partition"] == "dirichlet"
+    assert summary["final_mean_test_accuracy"] == recs[-1]["mean_test_accuracy"]
+    assert any("label histogram" in line for line in logs) and "final accuracy per agent" in logs[-1]
+    # the same workdir is never overwritten
+    before = (w / "metrics.jsonl").read_text()
+    with pytest.raises(train.WorkdirError, match="already holds results"):
+        train.run(tiny(), w, log=lambda s: None)
+    assert (w / "metrics.jsonl").read_text() == before
+
+
+def test_training_learns_something(tmp_path):
+    c = tiny(num_agents=2, width=0.5, pretrain_epochs=6, rounds=1, partition="iid")
+    c.data.steps_per_epoch = 0
+    train.run(c, tmp_path / "w", log=lambda s: None)
+    recs = report.read_metrics(tmp_path / "w")
+    assert recs[-1]["mean_test_accuracy"] > 0.6  # chance is 0.1
+    assert recs[-1]["mean_train_loss"] < recs[0]["mean_train_loss"]
+
+
+def test_centralized_is_one_model_on_all_data(tmp_path):
+    train.run(tiny(algorithm="centralized", rounds=1), tmp_path / "c", log=lambda s: None)
+    recs = report.read_metrics(tmp_path / "c")
+    assert all(r["num_agents"] == 1 and len(r["per_agent_test_accuracy"]) == 1 for r in recs)
+    assert all(r["std_test_accuracy"] == 0 for r in recs)
+    part = json.loads((tmp_path / "c" / "partition.json").read_text())
+    assert part["shard_sizes"] == [1433]
+
+
+def test_nan_loss_stops_with_a_clear_error(tmp_path):
+    c = tiny(optimizer="sgd", lr=1e12, pretrain_epochs=0, rounds=2)
+    with pytest.raises(train.NonFiniteError, match=r"agent\(s\) \[0, 1, 2\]"):
+        train.run(c, tmp_path / "n", log=lambda s: None)
+    recs = report.read_metrics(tmp_path / "n")  # still valid JSON lines
+    assert [r["round"] for r in recs] == [0]
+    assert all(math.isfinite(r["mean_test_loss"]) for r in recs)
