@@ -10,7 +10,8 @@ from dimat_jax.models.vgg import VGG16
 
 MODELS = ("cnn", "resnet20", "vgg16")
 
-__all__ = ["MODELS", "ModelError", "ResNet20", "SmallCNN", "VGG16", "build_model", "check_input_shape"]
+__all__ = ["MODELS", "ModelError", "ResNet20", "SmallCNN", "VGG16", "build_model", "check_input_shape",
+           "permutation_spec"]
 
 
 class ModelError(ValueError):
@@ -34,3 +35,13 @@ def check_input_shape(name: str, image_shape) -> None:
         raise ModelError(f"model 'vgg16' has 5 max-pools and needs images of at least "
                          f"{VGG_MIN_INPUT_SIZE}x{VGG_MIN_INPUT_SIZE}; this dataset's are {h}x{w}. "
                          "Use model 'cnn' or 'resnet20'.")
+
+
+def permutation_spec(name: str, variables):
+    """The :class:`~dimat_jax.merging.spec.PermutationSpec` of model ``name`` for ``variables``
+    (one model's ``{'params', 'batch_stats'}``, arrays or shapes; not stacked)."""
+    from dimat_jax.models import cnn, resnet, vgg
+    builders = {"cnn": cnn.permutation_spec, "resnet20": resnet.permutation_spec, "vgg16": vgg.permutation_spec}
+    if name not in builders:
+        raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    return builders[name](variables)

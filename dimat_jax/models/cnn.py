@@ -33,3 +33,14 @@ class SmallCNN(nn.Module):
         x = nn.relu(dense(channels(128, self.width), "fc1")(x))
         sow_feature(self, "relu_fc1", x)
         return dense(self.num_classes, "head")(x)
+
+
+def permutation_spec(variables):
+    """4 permutations: the units of conv1, conv2, conv3 and fc1 (the worked example in merging/spec.py)."""
+    from dimat_jax.merging.spec import PermutationSpec, bn, conv, dense
+    axes = {**conv("conv1", None, "P_conv1", bias=True), **bn("bn1", "P_conv1"),
+            **conv("conv2", "P_conv1", "P_conv2", bias=True), **bn("bn2", "P_conv2"),
+            **conv("conv3", "P_conv2", "P_conv3", bias=True), **bn("bn3", "P_conv3"),
+            **dense("fc1", "P_conv3", "P_fc1"), **dense("head", "P_fc1", None)}
+    features = {"P_conv1": "relu1", "P_conv2": "relu2", "P_conv3": "relu3", "P_fc1": "relu_fc1"}
+    return PermutationSpec.build(axes, features, variables)

@@ -50,3 +50,31 @@ class ResNet20(nn.Module):
                                name=f"stage{s}_block{b}")(x, train)
         x = x.mean(axis=(1, 2))
         return dense(self.num_classes, "head")(x)
+
+
+def permutation_spec(variables):
+    """12 permutations (SPEC §2.1).
+
+    ``P_stage{s}_block{b}`` (9, block-internal): conv1's output, bn1, conv2's input; observed at
+    ``stage{s}_block{b}/relu1``. ``P_res{s}`` (3, one residual stream per stage): everything that
+    writes into the stream (stem conv/BN for stage 1, every conv2/bn2 of the stage, the projection
+    conv/BN) and everything that reads it (the stage's conv1s, the next stage's first conv1 and
+    projection conv, the head); observed at the stage output ``stage{s}_block3/out``.
+    """
+    from dimat_jax.merging.spec import PermutationSpec, bn, conv, dense
+    axes = {**conv("stem_conv", None, "P_res1"), **bn("stem_bn", "P_res1")}
+    features = {}
+    for s in (1, 2, 3):
+        res = f"P_res{s}"
+        features[res] = f"stage{s}_block3/out"
+        for b in (1, 2, 3):
+            blk = f"stage{s}_block{b}"
+            inner = f"P_{blk}"
+            features[inner] = f"{blk}/relu1"
+            reads = f"P_res{s - 1}" if (s > 1 and b == 1) else res
+            axes.update({**conv(f"{blk}/conv1", reads, inner), **bn(f"{blk}/bn1", inner),
+                         **conv(f"{blk}/conv2", inner, res), **bn(f"{blk}/bn2", res)})
+            if s > 1 and b == 1:
+                axes.update({**conv(f"{blk}/shortcut_conv", reads, res), **bn(f"{blk}/shortcut_bn", res)})
+    axes.update(dense("head", "P_res3", None))
+    return PermutationSpec.build(axes, features, variables)

@@ -34,3 +34,21 @@ class VGG16(nn.Module):
             x = sow_feature(self, f"relu{i}", nn.relu(BatchNorm(name=f"bn{i}")(x, train)))
         x = x.reshape(x.shape[0], -1)
         return dense(self.num_classes, "head")(x)
+
+
+def permutation_spec(variables):
+    """13 permutations ``P_conv{k}``: conv_k's output axis and bias, bn_k, and conv_{k+1}'s input
+    axis (the head's for k = 13); observed at ``relu{k}``. When the final map is H x W > 1 x 1
+    (64x64 inputs) the head reads H*W*C flattened inputs: its input axis is permuted per channel
+    inside each of the H*W groups."""
+    from dimat_jax.merging.spec import PermAxis, PermutationSpec, bn, conv, dense
+    axes, features, prev = {}, {}, None
+    for k in range(1, 14):
+        p = f"P_conv{k}"
+        axes.update({**conv(f"conv{k}", prev, p, bias=True), **bn(f"bn{k}", p)})
+        features[p] = f"relu{k}"
+        prev = p
+    c13 = variables["params"]["conv13"]["kernel"].shape[-1]
+    outer = variables["params"]["head"]["kernel"].shape[0] // c13
+    axes.update(dense("head", PermAxis(prev, outer), None))
+    return PermutationSpec.build(axes, features, variables)

@@ -1,0 +1,134 @@
+"""Matchers: for every receiver i, neighbour slot k and permutation p, an index vector that aligns
+neighbour ``nbr[i, k]`` to receiver i's units (SPEC §2.3). Result: ``{p: int32 [N, D, C_p]}``.
+
+A matcher is any callable ``matcher(ctx: MatchContext) -> perms`` with an attribute
+``needs_activations`` (whether the engine must run the statistics pass first). Shipped:
+``activation`` (DIMAT: LSA on activation correlations), ``weight`` (WM: Git Re-Basin weight
+matching) and ``identity`` (WA: plain averaging). Register another in :data:`MATCHERS`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Mapping
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from dimat_jax.merging.neighbours import Neighbourhood
+from dimat_jax.merging.spec import PermutationSpec, flatten
+
+
+@dataclasses.dataclass
+class MatchContext:
+    spec: PermutationSpec
+    hood: Neighbourhood
+    variables: Mapping | None = None            # stacked {'params', 'batch_stats'} (host or device)
+    correlations: Mapping | None = None         # p -> [N, D, C, C] (activation matching)
+    seed: int = 0
+
+
+def _identity_perms(ctx: MatchContext) -> dict[str, np.ndarray]:
+    n, d = ctx.hood.nbr.shape
+    return {p: np.tile(np.arange(c, dtype=np.int32), (n, d, 1)) for p, c in ctx.spec.sizes.items()}
+
+
+def lsa(score: np.ndarray) -> np.ndarray:
+    """Column assigned to each row maximising the total ``score`` [C, C] (``perm[row] = col``)."""
+    rows, cols = linear_sum_assignment(score, maximize=True)
+    perm = np.empty(score.shape[0], np.int32)
+    perm[rows] = cols
+    return perm
+
+
+def identity_matcher(ctx: MatchContext) -> dict[str, np.ndarray]:
+    """No alignment: the merge becomes plain weighted averaging (WA)."""
+    return _identity_perms(ctx)
+
+
+identity_matcher.needs_activations = False
+
+
+def activation_matcher(ctx: MatchContext) -> dict[str, np.ndarray]:
+    """``linear_sum_assignment(corr, maximize=True)`` per (edge, permutation) on the host. Exact per
+    layer: features come from the unpermuted models, so no iteration is needed."""
+    if ctx.correlations is None:
+        raise ValueError("activation matching needs correlations from the statistics pass")
+    perms = _identity_perms(ctx)
+    for i, _, k in ctx.hood.edges():
+        for p in ctx.spec.perms:
+            perms[p][i, k] = lsa(ctx.correlations[p][i, k])
+    return perms
+
+
+activation_matcher.needs_activations = True
+
+
+# ----------------------------------------------------------------------------- weight matching
+def _take(x: np.ndarray, perm: np.ndarray, axis: int, outer: int) -> np.ndarray:
+    if outer > 1:
+        perm = (np.arange(outer)[:, None] * len(perm) + perm[None, :]).reshape(-1)
+    return np.take(x, perm, axis=axis)
+
+
+def _units_first(x: np.ndarray, axis: int, outer: int, c: int) -> np.ndarray:
+    """Move ``axis`` (size outer*c, c fastest) to a leading [c, rest] matrix."""
+    x = np.moveaxis(x, axis, 0)
+    x = x.reshape((outer, c) + x.shape[1:])
+    return np.moveaxis(x, 1, 0).reshape(c, -1)
+
+
+def weight_match_pair(spec: PermutationSpec, a: Mapping, b: Mapping, *, max_sweeps: int = 100,
+                      seed: int = 0, include_batch_stats: bool = False) -> dict[str, np.ndarray]:
+    """Git Re-Basin weight matching: permutations of model ``b`` that best align its weights to ``a``.
+
+    Coordinate descent: for each permutation in random order, solve the LSA on
+    Σ_(leaf, axis) W_a · P_others(W_b)ᵀ with the other permutations fixed; stop after a sweep in
+    which no permutation improves its objective. ``a``/``b``: one model's variables (numpy).
+    """
+    fa = {k: np.asarray(v, np.float64) for k, v in flatten(a).items()}
+    fb = {k: np.asarray(v, np.float64) for k, v in flatten(b).items()}
+    if not include_batch_stats:
+        fa = {k: v for k, v in fa.items() if k.startswith("params/")}
+    perms = {p: np.arange(c) for p, c in spec.sizes.items()}
+    rng = np.random.default_rng(seed)
+    for _ in range(max_sweeps):
+        progress = False
+        for p in rng.permutation(list(spec.sizes)):
+            c = spec.sizes[p]
+            score = np.zeros((c, c))
+            for path, axis, outer in spec.touched(p):
+                if path not in fa:
+                    continue
+                wb = fb[path]
+                for ax2, e in enumerate(spec.axes[path]):
+                    if ax2 != axis and e is not None:
+                        wb = _take(wb, perms[e.perm], ax2, e.outer)
+                score += _units_first(fa[path], axis, outer, c) @ _units_first(wb, axis, outer, c).T
+            new = lsa(score)
+            if score[np.arange(c), new].sum() > score[np.arange(c), perms[p]].sum() + 1e-12:
+                perms[p] = new
+                progress = True
+        if not progress:
+            break
+    return {p: v.astype(np.int32) for p, v in perms.items()}
+
+
+def weight_matcher(ctx: MatchContext, max_sweeps: int = 100) -> dict[str, np.ndarray]:
+    """Weight matching (WM) of every neighbour to its receiver, on the host."""
+    if ctx.variables is None:
+        raise ValueError("weight matching needs the agents' variables")
+    import jax
+    host = jax.tree.map(np.asarray, {k: ctx.variables[k] for k in ("params", "batch_stats") if k in ctx.variables})
+    model = lambda a: jax.tree.map(lambda x: x[a], host)  # noqa: E731
+    perms = _identity_perms(ctx)
+    for i, j, k in ctx.hood.edges():
+        found = weight_match_pair(ctx.spec, model(i), model(j), max_sweeps=max_sweeps, seed=ctx.seed + 7919 * i + j)
+        for p, v in found.items():
+            perms[p][i, k] = v
+    return perms
+
+
+weight_matcher.needs_activations = False
+
+MATCHERS: dict[str, Callable] = {"activation": activation_matcher, "weight": weight_matcher,
+                                 "identity": identity_matcher}

@@ -1,0 +1,108 @@
+"""Activation statistics for all agents and all edges in one jitted pass per batch (SPEC §2.2).
+
+Every model runs in eval mode on the batches its receivers need (see ``ForwardPlan``); each feature
+map [B, H, W, C] at a permutation's feature point is viewed as B·H·W samples of C units. Per
+receiver i and permutation p the pass accumulates, in float32 with HIGHEST-precision matmuls:
+sums and sums of squares of i's own units and of each neighbour's units on i's data, and the cross
+moments Σ f_i f_jᵀ per neighbour slot — O(N · D · C²) memory (the edge list), never N·C × N·C.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dimat_jax.agents import over_agents
+from dimat_jax.merging.spec import PermutationSpec, flatten
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Moments:
+    """Accumulated moments per permutation p (dicts keyed by p)."""
+    count: dict        # p -> [] samples per receiver (B·h·w summed over batches)
+    own_sum: dict      # p -> [N, C]
+    own_sq: dict       # p -> [N, C]
+    nbr_sum: dict      # p -> [N, D, C]
+    nbr_sq: dict       # p -> [N, D, C]
+    cross: dict        # p -> [N, D, C, C]: Σ f_i f_jᵀ (rows: receiver's units, columns: neighbour's)
+
+
+def zero_moments(spec: PermutationSpec, n: int, d: int) -> Moments:
+    z = lambda *s: jnp.zeros(s, jnp.float32)  # noqa: E731
+    return Moments(count={p: z() for p in spec.sizes}, own_sum={p: z(n, c) for p, c in spec.sizes.items()},
+                   own_sq={p: z(n, c) for p, c in spec.sizes.items()},
+                   nbr_sum={p: z(n, d, c) for p, c in spec.sizes.items()},
+                   nbr_sq={p: z(n, d, c) for p, c in spec.sizes.items()},
+                   cross={p: z(n, d, c, c) for p, c in spec.sizes.items()})
+
+
+def feature_fn(model, spec: PermutationSpec, preprocess) -> Callable:
+    """``f(variables, x_raw [B, H, W, C]) -> {perm: [B·h·w, C]}`` features of one model, eval mode."""
+    def f(variables, x):
+        _, state = model.apply(variables, preprocess.eval(x), train=False, mutable=["intermediates"])
+        feats = flatten(state["intermediates"])
+        out = {}
+        for p, path in spec.features.items():
+            a = feats[path][0] if isinstance(feats[path], tuple) else feats[path]
+            out[p] = a.reshape(-1, a.shape[-1]).astype(jnp.float32)
+        return out
+    return f
+
+
+def make_stats_step(model, spec: PermutationSpec, preprocess, strategy: str = "auto") -> Callable:
+    """Jitted ``step(moments, variables, x_all, idx_blocks, nbr, src_block) -> moments``.
+
+    ``variables``: stacked {'params', 'batch_stats'} [N, ...]; ``x_all``: raw training images;
+    ``idx_blocks`` int [N, L, B]: model m runs on images ``x_all[idx_blocks[m, l]]``; ``nbr`` and
+    ``src_block`` int [N, D] from the Neighbourhood and ForwardPlan.
+    """
+    features = feature_fn(model, spec, preprocess)
+    feats_of = over_agents(lambda agent: features(*agent), strategy)  # (variables_m, x_m) per model
+
+    @jax.jit
+    def step(m: Moments, variables, x_all, idx_blocks, nbr, src_block) -> Moments:
+        n, l, b = idx_blocks.shape
+        x = x_all[idx_blocks.reshape(n, l * b)]                 # [N, L*B, H, W, C]
+        feats = feats_of((variables, x))                         # p -> [N, L*B*h*w, C]
+        new = dataclasses.replace(m, count=dict(m.count), own_sum=dict(m.own_sum), own_sq=dict(m.own_sq),
+                                  nbr_sum=dict(m.nbr_sum), nbr_sq=dict(m.nbr_sq), cross=dict(m.cross))
+        for p, f in feats.items():
+            f = f.reshape(n, l, -1, f.shape[-1])                 # [N, L, S, C]
+            new.count[p] = m.count[p] + f.shape[2]
+            own = f[:, 0]                                        # [N, S, C]
+            nb = f[nbr, src_block]                               # [N, D, S, C]
+            new.own_sum[p] = m.own_sum[p] + own.sum(1)
+            new.own_sq[p] = m.own_sq[p] + jnp.square(own).sum(1)
+            new.nbr_sum[p] = m.nbr_sum[p] + nb.sum(2)
+            new.nbr_sq[p] = m.nbr_sq[p] + jnp.square(nb).sum(2)
+            new.cross[p] = m.cross[p] + jnp.einsum("nsc,ndse->ndce", own, nb,
+                                                   precision=jax.lax.Precision.HIGHEST)
+        return new
+
+    return step
+
+
+def correlations(m: Moments, eps: float = 1e-7) -> dict[str, np.ndarray]:
+    """Pearson correlations per permutation, float32 [N, D, C_i, C_j] (host numpy).
+
+    cov = E[f_i f_jᵀ] − μ_i μ_jᵀ; corr = cov / max(σ_i σ_jᵀ, eps); a dead unit (σ = 0) gives 0.
+    """
+    out = {}
+    for p in m.cross:
+        count = float(m.count[p])
+        mu_i = np.asarray(m.own_sum[p], np.float64) / count                 # [N, C]
+        var_i = np.asarray(m.own_sq[p], np.float64) / count - mu_i ** 2
+        mu_j = np.asarray(m.nbr_sum[p], np.float64) / count                 # [N, D, C]
+        var_j = np.asarray(m.nbr_sq[p], np.float64) / count - mu_j ** 2
+        sd_i = np.sqrt(np.maximum(var_i, 0.0))
+        sd_j = np.sqrt(np.maximum(var_j, 0.0))
+        cov = np.asarray(m.cross[p], np.float64) / count - mu_i[:, None, :, None] * mu_j[:, :, None, :]
+        denom = sd_i[:, None, :, None] * sd_j[:, :, None, :]
+        corr = cov / np.maximum(denom, eps)
+        corr = np.where(denom > 0, corr, 0.0)
+        out[p] = corr.astype(np.float32)
+    return out
