@@ -108,42 +108,80 @@ def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
-def make_train_step(model, tx: optax.GradientTransformation, preprocess, strategy: str = "auto"):
-    """Jitted ``step(state, x_train, y_train, idx, key) -> (state, metrics)`` for all agents.
+BN_MODES = ("ema", "cumulative", "frozen")
 
-    ``x_train``/``y_train``: the whole (raw) training set on device, [n, H, W, C] / [n];
-    ``idx``: int32 [N, B] batch indices per agent; ``key``: this step's key (agent a augments with
-    ``fold_in(key, a)``). ``metrics``: per-agent batch ``loss`` and ``accuracy``, each [N].
-    ``state`` is donated.
+
+def make_agent_grads(model, preprocess, bn_mode: str = "ema") -> Callable:
+    """``grads(params, batch_stats, x_raw, y, key, bn_count) -> (grads, batch_stats, loss, accuracy)``
+    for one agent on one batch (the building block of every training step).
+
+    ``bn_mode``: ``ema`` — BatchNorm in train mode, running statistics as an exponential moving
+    average (momentum 0.9); ``cumulative`` — train mode, but the running statistics become the
+    plain average of all batches since the last re-estimation (``bn_count`` of them so far), the
+    reference code's behaviour after a merge; ``frozen`` — BatchNorm in inference mode (running
+    statistics used and left unchanged), the reference baselines' quirk.
     """
+    if bn_mode not in BN_MODES:
+        raise ValueError(f"unknown bn_mode {bn_mode!r}; choose one of {BN_MODES}")
+    momentum = 0.9  # dimat_jax.models.layers.BatchNorm default
 
-    def agent_step(agent, x_all, y_all):
-        params, batch_stats, opt_state, idx, key = agent
-        x = preprocess.train(key, x_all[idx])
-        y = y_all[idx]
+    def grads_fn(params, batch_stats, x, y, key, bn_count=None):
+        x = preprocess.train(key, x)
 
         def loss_fn(p):
+            if bn_mode == "frozen":
+                logits = model.apply({"params": p, "batch_stats": batch_stats}, x, train=False)
+                return cross_entropy(logits, y).mean(), (logits, batch_stats)
             logits, updates = model.apply({"params": p, "batch_stats": batch_stats}, x, train=True,
                                           mutable=["batch_stats"])
             return cross_entropy(logits, y).mean(), (logits, updates.get("batch_stats", batch_stats))
 
         (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        if bn_mode == "cumulative":  # recover the batch statistic from the EMA update, then average
+            def cumulative(old, ema):
+                batch = (ema - momentum * old) / (1 - momentum)
+                return old + (batch - old) / (bn_count + 1.0)
+            new_stats = jax.tree.map(cumulative, batch_stats, new_stats)
+        acc = (jnp.argmax(logits, -1) == y).mean()
+        return grads, new_stats, loss, acc
+
+    return grads_fn
+
+
+def make_train_step(model, tx: optax.GradientTransformation, preprocess, strategy: str = "auto",
+                    bn_mode: str = "ema"):
+    """Jitted ``step(state, x_train, y_train, idx, key[, bn_count]) -> (state, metrics)`` for all agents.
+
+    ``x_train``/``y_train``: the whole (raw) training set on device, [n, H, W, C] / [n];
+    ``idx``: int32 [N, B] batch indices per agent; ``key``: this step's key (agent a augments with
+    ``fold_in(key, a)``); ``bn_count`` (only with ``bn_mode='cumulative'``): batches already in the
+    BatchNorm statistics. ``metrics``: per-agent batch ``loss`` and ``accuracy``, each [N].
+    ``state`` is donated.
+    """
+    grads_fn = make_agent_grads(model, preprocess, bn_mode)
+
+    def agent_step(agent, x_all, y_all, bn_count):
+        params, batch_stats, opt_state, idx, key = agent
+        grads, new_stats, loss, acc = grads_fn(params, batch_stats, x_all[idx], y_all[idx], key, bn_count)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        acc = (jnp.argmax(logits, -1) == y).mean()
         return (params, new_stats, opt_state), {"loss": loss, "accuracy": acc}
 
     lifted = over_agents(agent_step, strategy)
 
     @functools.partial(jax.jit, donate_argnums=(0,))
-    def step(state: AgentState, x_all, y_all, idx, key):
-        n = idx.shape[0]
-        keys = jax.vmap(lambda a: jax.random.fold_in(key, a))(jnp.arange(n))
+    def step(state: AgentState, x_all, y_all, idx, key, bn_count=None):
+        keys = agent_keys(key, idx.shape[0])
         (params, stats, opt), metrics = lifted(
-            (state.params, state.batch_stats, state.opt_state, idx, keys), x_all, y_all)
+            (state.params, state.batch_stats, state.opt_state, idx, keys), x_all, y_all, bn_count)
         return AgentState(params=params, batch_stats=stats, opt_state=opt), metrics
 
     return step
+
+
+def agent_keys(key: jax.Array, n: int) -> jax.Array:
+    """Per-agent keys of a step: agent a uses ``fold_in(key, a)``."""
+    return jax.vmap(lambda a: jax.random.fold_in(key, a))(jnp.arange(n))
 
 
 def make_eval_step(model, preprocess, strategy: str = "auto"):

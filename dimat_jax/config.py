@@ -22,7 +22,9 @@ from dimat_jax.models import MODELS
 from dimat_jax.optim import ALIASES as OPTIMIZER_ALIASES
 from dimat_jax.optim import OPTIMIZERS
 
-ALGORITHMS = ("local", "centralized")
+from dimat_jax.algorithms import ALGORITHMS, MERGE_FAMILY, TOPOLOGY_NEEDS
+from dimat_jax.merging.engine import MERGE_DATA
+
 NORMALIZATIONS = ("dataset", "reference")
 
 
@@ -40,7 +42,7 @@ def get_default_config() -> ml_collections.ConfigDict:
     c.width = 1.0                 # channel-width multiplier
     c.num_agents = 5
     c.partition = "iid"           # iid | noniid | iid_shuffled | k_classes | shards | dirichlet
-    c.algorithm = "local"         # local | centralized
+    c.algorithm = "local"         # dimat | wa | wm | cdsgd | cdmsgd | sgp | sgp_pushsum | cga | swarmsgd | local | centralized
     c.topology = "ring"           # fc | ring | bipartite | disconnected | torus | exponential | erdos_renyi | one_peer_exponential | file
     c.topology_path = ""          # mixing-matrix file for topology=file (.npy, .txt, .csv)
     c.seed = 0
@@ -48,8 +50,9 @@ def get_default_config() -> ml_collections.ConfigDict:
     c.local_epochs = 2            # local epochs per round
     c.pretrain_epochs = 10        # independent local training before the first round
     c.batch_size = 32             # per agent
-    c.optimizer = "adam"          # sgd | msgd (alias momentum) | adam — local training in rounds
+    c.optimizer = "adam"          # sgd | msgd (alias momentum) | adam — local training of dimat/wa/wm/local
     c.lr = 1e-3
+    c.merge_data = "local"        # local (each agent's own shard) | global (all training data, as the reference)
 
     c.data = ml_collections.ConfigDict()
     c.data.data_dir = ""          # TFDS data dir ('' -> $TFDS_DATA_DIR or ~/tensorflow_datasets)
@@ -76,6 +79,26 @@ def get_default_config() -> ml_collections.ConfigDict:
     c.pretrain.lr = 1e-3
     c.pretrain.lr_decay = 1.0
 
+    c.pretrain.cache_dir = ""     # reuse pre-trained agents across runs/algorithms ('' = off)
+    c.pretrain.checkpoint = ""    # load pre-trained agents from this directory instead of training
+
+    c.merge = ml_collections.ConfigDict()   # dimat / wa / wm
+    c.merge.batch_size = 100      # per agent, for the statistics and BatchNorm passes
+    c.merge.num_batches = 0       # batches per pass; 0 = one full pass over the merge data
+    c.merge.augment = False       # augment the merge data (the reference does)
+    c.merge.bn_before = True      # re-estimate BN of every model before matching (dimat)
+    c.merge.bn_after = True       # re-estimate BN of the merged models (reference WA: no)
+    c.merge.bn_cumulative = False  # reference: BN keeps a cumulative average during the next training
+    c.merge.fc_shortcut = False   # reference: on a fully connected graph merge agent 0 and copy it
+    c.merge.wm_max_sweeps = 100   # weight matching: coordinate-descent sweeps at most
+
+    c.baseline = ml_collections.ConfigDict()  # cdsgd / cdmsgd / sgp / sgp_pushsum / cga / swarmsgd
+    c.baseline.lr = 0.01          # reference: SGD lr 0.01
+    c.baseline.momentum = 0.9     # cdmsgd, cga (reference 0.9)
+    c.baseline.lr_decay = 0.981   # lr multiplied by this every epoch (reference)
+    c.baseline.bn_frozen = False  # reference quirk: train with BatchNorm in inference mode
+    c.baseline.cga_qp_iters = 200  # CGA: coordinate-descent sweeps of the per-tensor QP
+
     c.graph = ml_collections.ConfigDict()
     c.graph.edge_probability = 0.5  # topology=erdos_renyi
     c.graph.torus_rows = 0          # topology=torus; 0 -> most square factorisation
@@ -95,6 +118,7 @@ _CHOICES = {
     "topology": topology.TOPOLOGIES + tuple(topology.ALIASES),
     "optimizer": OPTIMIZERS + tuple(OPTIMIZER_ALIASES), "pretrain.optimizer": OPTIMIZERS + tuple(OPTIMIZER_ALIASES),
     "data.normalization": NORMALIZATIONS, "data.augment": AUGMENTATIONS, "agents.strategy": STRATEGIES,
+    "merge_data": MERGE_DATA,
 }
 
 
@@ -170,14 +194,24 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         if classes is not None:
             need(c.num_agents <= classes, f"partition 'noniid' gives class c to agent c mod N, so num_agents "
                  f"= {c.num_agents} > {classes} classes of {c.dataset!r} leaves agents without data")
+    need(c.merge.batch_size >= 1 and c.merge.num_batches >= 0, "merge.batch_size >= 1, merge.num_batches >= 0")
+    need(0 < c.baseline.lr, "baseline.lr must be > 0")
+    need(0 <= c.baseline.momentum < 1 and 0 < c.baseline.lr_decay <= 1,
+         "baseline.momentum must be in [0, 1) and baseline.lr_decay in (0, 1]")
+    need(c.baseline.cga_qp_iters >= 1 and c.merge.wm_max_sweeps >= 1, "baseline.cga_qp_iters, merge.wm_max_sweeps >= 1")
+    if c.algorithm in MERGE_FAMILY or c.algorithm in TOPOLOGY_NEEDS:
+        need(c.num_agents >= 2, f"algorithm {c.algorithm!r} needs num_agents >= 2 (use 'local' or 'centralized' for 1)")
+    if c.merge.fc_shortcut:
+        need(c.algorithm in MERGE_FAMILY and c.topology in ("fc", "fully_connected", "complete"),
+             "merge.fc_shortcut applies to dimat / wa / wm on topology 'fc' only")
     if c.topology in ("file",):
         need(bool(c.topology_path), "topology 'file' needs --config.topology_path=/path/to/matrix")
-    try:  # the graph must exist for this agent count (cheap: numpy only)
-        if c.algorithm != "centralized":
+    try:  # the graph must exist for this agent count and suit the algorithm (cheap: numpy only)
+        if c.algorithm in TOPOLOGY_NEEDS:
             topology.build(c.topology, c.num_agents, seed=c.seed, edge_probability=c.graph.edge_probability,
-                           torus_rows=c.graph.torus_rows, path=c.topology_path)
+                           torus_rows=c.graph.torus_rows, path=c.topology_path, **TOPOLOGY_NEEDS[c.algorithm])
     except topology.TopologyError as e:
-        raise ConfigError(str(e)) from e
+        raise ConfigError(f"{e} (algorithm {c.algorithm!r})") from e
     return config
 
 

@@ -233,9 +233,12 @@ def is_connected(w: np.ndarray) -> bool:
 
 
 def validate(w, *, num_agents: int | None = None, require_symmetric: bool = False,
-             require_doubly_stochastic: bool = False, require_connected: bool = True, atol: float = 1e-6,
-             name: str = "mixing matrix") -> np.ndarray:
-    """Check Π and return it as float64; raise :class:`TopologyError` naming the violated property."""
+             require_doubly_stochastic: bool = False, require_column_stochastic: bool = False,
+             require_connected: bool = True, atol: float = 1e-6, name: str = "mixing matrix") -> np.ndarray:
+    """Check Π and return it as float64; raise :class:`TopologyError` naming the violated property.
+
+    Row-stochastic (Π[i, j]: weight agent i gives agent j's model) unless ``require_column_stochastic``
+    (push-sum: Π[i, j] is the share agent j sends to i; columns sum to 1, rows need not)."""
     w = np.asarray(w, np.float64)
     if w.ndim != 2 or w.shape[0] != w.shape[1]:
         raise TopologyError(f"{name} must be square, got shape {w.shape}")
@@ -248,13 +251,16 @@ def validate(w, *, num_agents: int | None = None, require_symmetric: bool = Fals
         i, j = np.argwhere(w < -atol)[0]
         raise TopologyError(f"{name} has a negative weight {w[i, j]:.4g} at ({i}, {j}); weights must be >= 0")
     rows = w.sum(1)
-    if not np.allclose(rows, 1.0, atol=atol):
+    if not require_column_stochastic and not np.allclose(rows, 1.0, atol=atol):
         i = int(np.argmax(np.abs(rows - 1)))
         raise TopologyError(f"{name} is not row-stochastic: row {i} sums to {rows[i]:.6g} (must be 1)")
     if require_symmetric and not np.allclose(w, w.T, atol=atol):
         raise TopologyError(f"{name} must be symmetric for this algorithm (max |Π − Πᵀ| = "
                             f"{np.abs(w - w.T).max():.3g})")
     cols = w.sum(0)
+    if require_column_stochastic and not np.allclose(cols, 1.0, atol=atol):
+        j = int(np.argmax(np.abs(cols - 1)))
+        raise TopologyError(f"{name} must be column-stochastic for push-sum: column {j} sums to {cols[j]:.6g}")
     if require_doubly_stochastic and not np.allclose(cols, 1.0, atol=atol):
         j = int(np.argmax(np.abs(cols - 1)))
         raise TopologyError(f"{name} must be doubly stochastic for this algorithm: column {j} sums to "
@@ -267,7 +273,8 @@ def validate(w, *, num_agents: int | None = None, require_symmetric: bool = Fals
 
 
 def build(name: str, num_agents: int, *, seed: int = 0, edge_probability: float = 0.5, torus_rows: int = 0,
-          path: str = "", require_symmetric: bool = False, require_doubly_stochastic: bool = False) -> Topology:
+          path: str = "", require_symmetric: bool = False, require_doubly_stochastic: bool = False,
+          require_column_stochastic: bool = False) -> Topology:
     """Topology ``name`` for ``num_agents`` agents, validated."""
     name = ALIASES.get(name, name)
     n = num_agents
@@ -295,6 +302,7 @@ def build(name: str, num_agents: int, *, seed: int = 0, edge_probability: float 
         raise TopologyError(f"unknown topology {name!r}; choose one of {', '.join(TOPOLOGIES)}")
     checked = tuple(validate(m, num_agents=n, require_symmetric=require_symmetric,
                              require_doubly_stochastic=require_doubly_stochastic,
+                             require_column_stochastic=require_column_stochastic,
                              require_connected=len(mats) == 1, name=f"topology {name!r} (round {t})"
                              if len(mats) > 1 else f"topology {name!r}") for t, m in enumerate(mats))
     topo = Topology(name=name, matrices=checked)

@@ -207,3 +207,25 @@ def test_tfds_not_prepared_gives_instructions(tmp_path):
 def test_unknown_dataset():
     with pytest.raises(DataError, match="unknown dataset"):
         sources.load("imagenet")
+
+
+def test_tfrecord_prepared_data_without_tensorflow_says_what_to_do(monkeypatch, tmp_path):
+    import builtins
+
+    import tensorflow_datasets as tfds
+
+    def no_random_access(*a, **k):
+        raise NotImplementedError("Random access data source for file format FileFormat.TFRECORD is not supported")
+
+    monkeypatch.setattr(tfds, "data_source", no_random_access)
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
+    real_import = builtins.__import__
+
+    def fake_import(name, *a, **k):
+        if name == "tensorflow":
+            raise ImportError("No module named 'tensorflow'")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(DataError, match="TFRecord format.*tensorflow-cpu.*array_record"):
+        sources.load("cifar10", data_dir=str(tmp_path))

@@ -51,9 +51,11 @@ identity_matcher.needs_activations = False
 def activation_matcher(ctx: MatchContext) -> dict[str, np.ndarray]:
     """``linear_sum_assignment(corr, maximize=True)`` per (edge, permutation) on the host. Exact per
     layer: features come from the unpermuted models, so no iteration is needed."""
+    perms = _identity_perms(ctx)
+    if ctx.hood.num_edges == 0:  # nobody to align (Π = I)
+        return perms
     if ctx.correlations is None:
         raise ValueError("activation matching needs correlations from the statistics pass")
-    perms = _identity_perms(ctx)
     for i, _, k in ctx.hood.edges():
         for p in ctx.spec.perms:
             perms[p][i, k] = lsa(ctx.correlations[p][i, k])

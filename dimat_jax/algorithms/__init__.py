@@ -1,0 +1,40 @@
+"""Algorithms: names, what each needs of the mixing matrix, and where each is implemented.
+
+- merge family (``merge.py``): ``dimat`` (activation matching), ``wa`` (plain weighted averaging),
+  ``wm`` (weight matching) — merge every ``local_epochs`` epochs, train locally in between.
+- gossip family (``gossip.py``): ``cdsgd``, ``cdmsgd``, ``sgp`` (adapt-then-combine, as the
+  reference ran it), ``sgp_pushsum`` (true Stochastic Gradient Push), ``cga`` (cross-gradient
+  aggregation) — mix parameters every minibatch.
+- ``swarmsgd`` (``swarm.py``): one random edge steps and averages per interaction.
+- ``local`` (Π = I) and ``centralized`` (one model on all data): ``local.py``.
+"""
+from __future__ import annotations
+
+ALGORITHMS = ("dimat", "wa", "wm", "cdsgd", "cdmsgd", "sgp", "sgp_pushsum", "cga", "swarmsgd", "local", "centralized")
+MERGE_FAMILY = {"dimat": "activation", "wa": "identity", "wm": "weight"}
+GOSSIP_FAMILY = ("cdsgd", "cdmsgd", "sgp", "sgp_pushsum", "cga")
+
+# What each communicating algorithm requires of its mixing matrix (keyword arguments of
+# topology.build); local and centralized ignore the topology.
+TOPOLOGY_NEEDS = {
+    "dimat": {}, "wa": {}, "wm": {},
+    "cdsgd": {"require_doubly_stochastic": True}, "cdmsgd": {"require_doubly_stochastic": True},
+    "sgp": {"require_doubly_stochastic": True}, "cga": {"require_doubly_stochastic": True},
+    "sgp_pushsum": {"require_column_stochastic": True},
+    "swarmsgd": {},
+}
+
+
+def runner(name: str):
+    """The ``run(ctx, state, topology, emit) -> state`` function of algorithm ``name``."""
+    if name in MERGE_FAMILY:
+        from dimat_jax.algorithms.merge import run
+    elif name in GOSSIP_FAMILY:
+        from dimat_jax.algorithms.gossip import run
+    elif name == "swarmsgd":
+        from dimat_jax.algorithms.swarm import run
+    elif name in ("local", "centralized"):
+        from dimat_jax.algorithms.local import run
+    else:
+        raise ValueError(f"unknown algorithm {name!r}; choose one of {', '.join(ALGORITHMS)}")
+    return run

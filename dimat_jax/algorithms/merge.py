@@ -1,0 +1,88 @@
+"""The merge family: ``dimat`` (activation matching), ``wa`` (plain weighted averaging) and ``wm``
+(weight matching) share one loop (SPEC §1):
+
+    for k = 1..T:  merge with neighbours (all agents at once, from the same pre-merge models)
+                   → BatchNorm re-estimation → evaluate (phase 'merged')
+                   → unless k = T: E local epochs with a fresh optimizer → evaluate (phase 'trained')
+
+Communication: every agent receives one model (parameters and BatchNorm statistics) from each
+neighbour per merge. With ``merge.fc_shortcut`` (the reference, fully connected graph only) agent 0
+merges alone and its model is copied to all: N−1 models in, N−1 out.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dimat_jax import agents, comms
+from dimat_jax.algorithms import MERGE_FAMILY
+from dimat_jax.merging.engine import Merger, merge_batches
+from dimat_jax.merging.matching import weight_matcher
+from dimat_jax.merging.neighbours import Neighbourhood
+from dimat_jax.models import permutation_spec
+
+
+def shortcut_matrix(n: int) -> np.ndarray:
+    """Agent 0 averages everyone (1/N); the others keep their model (they receive agent 0's after)."""
+    w = np.eye(n)
+    w[0] = 1.0 / n
+    return w
+
+
+def make_merger(ctx, variables) -> Merger:
+    c = ctx.config
+    matcher = MERGE_FAMILY[c.algorithm]
+    if matcher == "weight":
+        sweeps = c.merge.wm_max_sweeps
+        matcher = lambda mctx: weight_matcher(mctx, max_sweeps=sweeps)  # noqa: E731
+        matcher.needs_activations = False
+    spec = permutation_spec(c.model, jax.tree.map(lambda x: x[0], variables))
+    return Merger(ctx.model, spec, ctx.data.preprocess, strategy=ctx.strategy, matcher=matcher,
+                  augment=c.merge.augment, seed=c.seed)
+
+
+def run(ctx, state, topology):
+    c = ctx.config
+    n = ctx.data.num_agents
+    merger = make_merger(ctx, state.variables)
+    shared = c.merge_data == "global"
+    if shared:
+        ctx.log("merge data: global — every agent's merge uses the whole training set (the reference "
+                "code's behaviour; it leaks every agent's data into every merge)")
+    message_bytes = comms.payload_bytes(state.variables)
+    tx, step = ctx.train_step("local", bn_mode="cumulative" if c.merge.bn_cumulative else "ema")
+    hoods = {}
+    for r in range(1, c.rounds + 1):
+        w = shortcut_matrix(n) if c.merge.fc_shortcut else topology.matrix(r - 1)
+        key = w.tobytes()
+        if key not in hoods:
+            hoods[key] = Neighbourhood.from_matrix(w)
+        hood = hoods[key]
+        batches = merge_batches(ctx.data.shards, c.merge_data, c.merge.batch_size, c.merge.num_batches,
+                                c.seed, r)
+        merged, info = merger.merge(state.variables, hood, ctx.x_train, batches, shared_data=shared,
+                                    reestimate_before=c.merge.bn_before, reestimate_after=c.merge.bn_after,
+                                    key=jax.random.fold_in(jax.random.PRNGKey(c.seed), 0x3E + r))
+        if c.merge.fc_shortcut:
+            merged = jax.tree.map(lambda x: jnp.broadcast_to(x[:1], x.shape), merged)
+            sent = np.ones(n, np.int64)
+            sent[0] = n - 1  # everyone sends to agent 0; agent 0 sends the result to everyone
+        else:
+            sent = comms.senders(w)
+        ctx.counter.add(sent, message_bytes)
+        state = state.replace(params=merged["params"], batch_stats=merged["batch_stats"])
+        extra = {"merge_time_s": info.total_s, "merge_stage_s": {
+            "bn_before": info.bn_before_s, "statistics": info.stats_s, "matching": info.match_s,
+            "mix": info.mix_s, "bn_after": info.bn_after_s}, "merge_data_passes": info.data_passes}
+        if info.mean_matched_correlation:
+            extra["mean_matched_correlation"] = float(np.mean(list(info.mean_matched_correlation.values())))
+        ctx.emit(state.variables, round_=r, phase="merged", extra=extra)
+        if r < c.rounds:
+            state = state.replace(opt_state=agents.init_opt_state(tx, state.params))  # fresh optimizer
+            # cumulative BN (reference): the re-estimation's batches are the first in the average
+            bn_count = (info.batches_per_pass if c.merge.bn_after else 0) if c.merge.bn_cumulative else None
+            extra = None if bn_count is None else (lambda e, s, t, b0=bn_count: (jnp.float32(b0 + t),))
+            state, stats = ctx.train(state, step, c.local_epochs, f"round {r}/{c.rounds}", extra_args=extra)
+            ctx.emit(state.variables, round_=r, phase="trained", train=stats)
+    return state

@@ -1,0 +1,88 @@
+"""Saving and restoring stacked agents with orbax-checkpoint, and the pre-trained-agents cache.
+
+Pre-trained agents depend only on the data, partition, model, seed and pre-training settings, not
+on the algorithm that follows; ``pretrain.cache_dir`` stores them under a fingerprint of exactly
+those settings so DIMAT and every baseline start from the same agents and pre-training runs once.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+
+import jax
+
+from dimat_jax.report import write_json
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt or does not fit this run; nothing was overwritten."""
+
+
+def save_tree(path, tree, meta: dict) -> pathlib.Path:
+    """Write ``tree`` (orbax) and ``meta`` (JSON) to the new directory ``path`` atomically."""
+    import orbax.checkpoint as ocp
+    path = pathlib.Path(path).absolute()
+    if path.exists():
+        raise CheckpointError(f"checkpoint {path} already exists; not overwriting it")
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    ckpt = ocp.StandardCheckpointer()
+    ckpt.save(tmp / "state", tree)
+    ckpt.wait_until_finished()
+    write_json(tmp / "meta.json", meta)
+    os.replace(tmp, path)
+    return path
+
+
+def restore_tree(path, abstract):
+    """(tree, meta) from :func:`save_tree`'s directory, restored onto ``abstract``'s shapes."""
+    import orbax.checkpoint as ocp
+    path = pathlib.Path(path).absolute()
+    if not (path / "meta.json").is_file() or not (path / "state").is_dir():
+        raise CheckpointError(f"{path} is not a dimat_jax checkpoint (expected meta.json and state/)")
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract)
+        tree = ocp.StandardCheckpointer().restore(path / "state", target)
+    except (ValueError, KeyError, OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot restore {path}: it is corrupt or was saved for a different model / "
+                              f"number of agents ({type(e).__name__}: {str(e)[:300]})") from e
+    return tree, meta
+
+
+# Settings that determine pre-trained agents (and nothing else).
+_PRETRAIN_KEYS = ("dataset", "data_path", "model", "width", "num_agents", "partition", "seed", "pretrain_epochs",
+                  "batch_size", "data.normalization", "data.augment", "data.crop_padding", "data.alpha",
+                  "data.classes_per_agent", "data.shards_per_agent", "data.min_agent_examples",
+                  "data.steps_per_epoch", "data.max_train_examples", "pretrain.optimizer", "pretrain.lr",
+                  "pretrain.lr_decay", "optim.momentum", "optim.nesterov", "optim.weight_decay")
+
+
+def pretrain_fingerprint(config) -> dict:
+    out = {}
+    for key in _PRETRAIN_KEYS:
+        node = config
+        for part in key.split("."):
+            node = node[part]
+        out[key] = node
+    out["centralized"] = config.algorithm == "centralized"
+    return out
+
+
+def pretrain_cache_path(config) -> pathlib.Path:
+    fp = pretrain_fingerprint(config)
+    digest = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
+    n = 1 if fp["centralized"] else config.num_agents
+    return pathlib.Path(config.pretrain.cache_dir).expanduser() / f"{config.dataset}-{config.model}-N{n}-{digest}"
+
+
+def check_fingerprint(meta: dict, config, path) -> None:
+    want, got = pretrain_fingerprint(config), meta.get("fingerprint", {})
+    diff = sorted(k for k in want if got.get(k) != want[k])
+    if diff:
+        details = ", ".join(f"{k}: saved {got.get(k)!r} vs now {want[k]!r}" for k in diff[:6])
+        raise CheckpointError(f"pre-trained agents in {path} were made with other settings ({details})")
