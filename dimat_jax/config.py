@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import difflib
 
+import numpy as np
+
 import ml_collections
 
 from dimat_jax import topology
@@ -208,8 +210,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         need(bool(c.topology_path), "topology 'file' needs --config.topology_path=/path/to/matrix")
     try:  # the graph must exist for this agent count and suit the algorithm (cheap: numpy only)
         if c.algorithm in TOPOLOGY_NEEDS:
-            topology.build(c.topology, c.num_agents, seed=c.seed, edge_probability=c.graph.edge_probability,
-                           torus_rows=c.graph.torus_rows, path=c.topology_path, **TOPOLOGY_NEEDS[c.algorithm])
+            topo = topology.build(c.topology, c.num_agents, seed=c.seed, edge_probability=c.graph.edge_probability,
+                                  torus_rows=c.graph.torus_rows, path=c.topology_path, **TOPOLOGY_NEEDS[c.algorithm])
+            if c.algorithm == "swarmsgd" and all(np.allclose(m, np.eye(c.num_agents)) for m in topo.matrices):
+                raise ConfigError("swarmsgd picks a random edge per interaction, but topology "
+                                  f"{c.topology!r} has no edges; choose a connected topology")
     except topology.TopologyError as e:
         raise ConfigError(f"{e} (algorithm {c.algorithm!r})") from e
     return config

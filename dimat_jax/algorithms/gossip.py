@@ -61,6 +61,8 @@ def cga_direction(g_slots, self_weight, nbr_weight, sweeps: int):
     model on its own batch (slot 0) and its D neighbours' batches; weights: scalar and [D]."""
     leaves, treedef = jax.tree.flatten(g_slots)
     d = nbr_weight.shape[0]
+    if d == 0:  # no neighbours (Π = I): plain own gradient
+        return jax.tree.unflatten(treedef, [self_weight * x[0] for x in leaves])
     ms = [nbr_weight[:, None] * x[1:].reshape(d, -1) for x in leaves]          # [D, size]
     gs = [self_weight * x[0].reshape(-1) for x in leaves]                        # [size]
     q = jnp.stack([jnp.dot(m, m.T, precision=HIGHEST) for m in ms]) + CGA_EPS * jnp.eye(d)
