@@ -86,3 +86,43 @@ def check_fingerprint(meta: dict, config, path) -> None:
     if diff:
         details = ", ".join(f"{k}: saved {got.get(k)!r} vs now {want[k]!r}" for k in diff[:6])
         raise CheckpointError(f"pre-trained agents in {path} were made with other settings ({details})")
+
+
+class RunCheckpointer:
+    """Round-indexed checkpoints of a run in ``<workdir>/checkpoints/<round>/`` (orbax): the stacked
+    agent state (params, BatchNorm statistics, optimizer state) plus JSON meta (round, epoch and
+    step counters, communication counters, number of metrics records, wall time, algorithm extras).
+    Batch order, augmentation and merge data are pure functions of (seed, epoch / round), so no RNG
+    or data-iterator state needs saving."""
+
+    def __init__(self, workdir, keep: int = 2):
+        import orbax.checkpoint as ocp
+        self.dir = (pathlib.Path(workdir) / "checkpoints").absolute()
+        self._ocp = ocp
+        self.manager = ocp.CheckpointManager(self.dir, options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=False))
+
+    def latest(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, round_: int, tree, meta: dict) -> None:
+        ocp = self._ocp
+        self.manager.save(round_, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
+                                                          meta=ocp.args.JsonSave(meta)), force=True)
+        self.manager.wait_until_finished()
+
+    def restore(self, round_: int, abstract):
+        ocp = self._ocp
+        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract)
+        try:
+            out = self.manager.restore(round_, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                                      meta=ocp.args.JsonRestore()))
+        except Exception as e:  # orbax raises many types for truncated / foreign / mismatched data
+            raise CheckpointError(
+                f"cannot restore checkpoint {self.dir / str(round_)}: it is corrupt or was written by another "
+                f"model / algorithm ({type(e).__name__}: {str(e)[:300]}). Nothing was changed; move that "
+                "directory away to resume from an earlier checkpoint, or use another --workdir.") from e
+        return out["state"], out["meta"]
+
+    def close(self) -> None:
+        self.manager.close()

@@ -108,6 +108,10 @@ def get_default_config() -> ml_collections.ConfigDict:
     c.agents = ml_collections.ConfigDict()
     c.agents.strategy = "auto"    # auto | vmap | unrolled | map (see dimat_jax/agents.py)
 
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_rounds = 1  # save the full state every K rounds (and at the end); 0 = never
+    c.checkpoint.keep = 2         # checkpoints kept in <workdir>/checkpoints
+
     c.log = ml_collections.ConfigDict()
     c.log.progress = True         # tqdm progress bars
     c.log.plot = True             # write accuracy.png at the end
@@ -200,6 +204,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     need(0 < c.baseline.lr, "baseline.lr must be > 0")
     need(0 <= c.baseline.momentum < 1 and 0 < c.baseline.lr_decay <= 1,
          "baseline.momentum must be in [0, 1) and baseline.lr_decay in (0, 1]")
+    need(c.checkpoint.every_rounds >= 0 and c.checkpoint.keep >= 1,
+         "checkpoint.every_rounds must be >= 0 and checkpoint.keep >= 1")
     need(c.baseline.cga_qp_iters >= 1 and c.merge.wm_max_sweeps >= 1, "baseline.cga_qp_iters, merge.wm_max_sweeps >= 1")
     if c.algorithm in MERGE_FAMILY or c.algorithm in TOPOLOGY_NEEDS:
         need(c.num_agents >= 2, f"algorithm {c.algorithm!r} needs num_agents >= 2 (use 'local' or 'centralized' for 1)")

@@ -6,9 +6,13 @@ r"""dimat_jax command line.
 overridden with --config.<key>=<value>, nested ones with dots (--config.data.alpha=0.1). Unknown
 keys, wrong types and invalid combinations stop the run before any work, naming the key and the
 allowed values. --dry_run validates and prints the resolved config. Outputs go to --workdir
-(default runs/<config name>-<timestamp>): config.json, partition.json, metrics.jsonl (one JSON
-object per evaluation), summary.json and accuracy.png. A workdir that already holds results is
-never overwritten.
+(default runs/<config name>-<timestamp>): config.json, partition.json, topology.json,
+metrics.jsonl (one JSON object per evaluation), summary.json, accuracy.png, checkpoints/.
+
+Rerunning the same command with the same --workdir resumes an interrupted run from its latest
+checkpoint (exactly), or reports that it has finished (exit 0); a workdir holding a run with other
+settings is refused and never overwritten. Ctrl-C (or SIGTERM) once: finish the round, save a
+checkpoint, exit 130; twice: abort at once.
 """
 from __future__ import annotations
 
@@ -73,6 +77,7 @@ def main(argv):
         print(config)
         return
     from dimat_jax import train
+    from dimat_jax.checkpoint import CheckpointError
     from dimat_jax.data import DataError, PartitionError
     from dimat_jax.models import ModelError
     from dimat_jax.topology import TopologyError
@@ -82,7 +87,13 @@ def main(argv):
     except (ConfigError, DataError, PartitionError, ModelError, TopologyError, train.WorkdirError) as e:
         _fail(str(e))
     except train.NonFiniteError as e:
-        _fail(f"{e}. Results up to the last finite evaluation are in {workdir}/metrics.jsonl")
+        _fail(f"{e}. Results up to the last finite evaluation are in {workdir}/metrics.jsonl; the last good "
+              "checkpoint is kept")
+    except train.RunInterrupted as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(130)
+    except CheckpointError as e:
+        _fail(str(e))
 
 
 def run_cli():

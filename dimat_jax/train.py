@@ -7,8 +7,11 @@ right after the merge, phase ``merged``, and one after local training, phase ``t
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import pathlib
+import signal
+import threading
 import time
 from typing import Callable
 
@@ -18,9 +21,9 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from dimat_jax import agents, checkpoint, comms, report
+from dimat_jax import agents, algorithms, checkpoint, comms, report
 from dimat_jax import topology as topology_lib
-from dimat_jax.algorithms import TOPOLOGY_NEEDS, runner
+from dimat_jax.algorithms import TOPOLOGY_NEEDS
 from dimat_jax.config import validate
 from dimat_jax.data import AgentData, epoch_batches, prepare, steps_per_epoch
 from dimat_jax.models import build_model, check_input_shape
@@ -35,20 +38,51 @@ class NonFiniteError(FloatingPointError):
     """Training produced a non-finite loss."""
 
 
+class RunInterrupted(RuntimeError):
+    """Stopped on request (Ctrl-C / SIGTERM) after a checkpoint; rerunning the command resumes."""
+
+
 RESULT_FILES = ("metrics.jsonl", "config.json", "summary.json")
+IGNORED_ON_RESUME = ("log.",)  # settings that may change between a run and its resumption
 
 
-def check_workdir(workdir) -> pathlib.Path:
-    """Create ``workdir``; refuse one that already holds results."""
+def _flat_dict(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat_dict(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_workdir(workdir, config) -> str:
+    """'fresh', 'resume' or 'finished' for running ``config`` in ``workdir``.
+
+    A workdir holding a run with other settings is refused (nothing is overwritten)."""
     workdir = pathlib.Path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise WorkdirError(f"workdir {workdir} exists and is not a directory")
-    found = [f for f in RESULT_FILES if (workdir / f).exists()]
-    if found:
-        raise WorkdirError(f"workdir {workdir} already holds results ({', '.join(found)}); nothing was "
-                           "overwritten. Choose another --workdir or move these files away.")
-    workdir.mkdir(parents=True, exist_ok=True)
-    return workdir
+    saved = workdir / "config.json"
+    if not saved.exists():
+        found = [f for f in RESULT_FILES if (workdir / f).exists()]
+        if found:
+            raise WorkdirError(f"workdir {workdir} holds results ({', '.join(found)}) but no config.json; nothing "
+                               "was overwritten. Choose another --workdir or move these files away.")
+        workdir.mkdir(parents=True, exist_ok=True)
+        return "fresh"
+    try:
+        old = _flat_dict(json.loads(saved.read_text()))
+    except (OSError, json.JSONDecodeError) as e:
+        raise WorkdirError(f"{saved} is unreadable ({e}); nothing was overwritten. Use another --workdir.") from e
+    new = _flat_dict(config.to_dict())
+    diff = sorted(k for k in set(old) | set(new)
+                  if old.get(k) != new.get(k) and not k.startswith(IGNORED_ON_RESUME))
+    if diff:
+        details = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in diff[:8])
+        raise WorkdirError(f"workdir {workdir} holds a run with other settings ({details}); nothing was "
+                           "overwritten. Choose another --workdir, or rerun with the same settings to resume it.")
+    return "finished" if (workdir / "summary.json").exists() else "resume"
 
 
 @dataclasses.dataclass
@@ -178,7 +212,9 @@ def make_record(ctx: Context, *, round_: int, phase: str, ev: dict, train: dict 
     for k in ("mean_test_accuracy", "mean_test_loss"):
         if not math.isfinite(rec[k]):
             bad = [i for i, v in enumerate(rec[k.replace("mean_", "per_agent_")]) if not math.isfinite(v)]
-            raise NonFiniteError(f"non-finite {k.replace('mean_', '')} for agent(s) {bad} at round {round_}")
+            what = k.replace("mean_", "").replace("_", " ")
+            raise NonFiniteError(f"non-finite {what} for agent(s) {bad} at round {round_} ({phase}); lower the "
+                                 "learning rate (lr / baseline.lr) or check the data")
     return rec
 
 
@@ -233,10 +269,23 @@ def pretrain(ctx: Context) -> tuple[agents.AgentState, dict | None]:
 
 
 def run(config: ml_collections.ConfigDict, workdir, log: Callable[[str], None] = print) -> dict:
-    """Validate ``config``, train, write ``workdir`` outputs; return the summary dict."""
+    """Validate ``config`` and run it in ``workdir``; return the summary dict.
+
+    A new workdir starts a run. Rerunning the same settings in the same workdir resumes from the
+    latest checkpoint (exactly: the resumed run's metrics equal an uninterrupted run's), or, if the
+    run had finished, reports that and returns its summary. The first SIGINT / SIGTERM finishes the
+    current round, saves a checkpoint and raises :class:`RunInterrupted`; a second SIGINT aborts.
+    """
     validate(config)
-    workdir = check_workdir(workdir)
-    report.write_json(workdir / "config.json", config.to_dict())
+    workdir = pathlib.Path(workdir)
+    status = check_workdir(workdir, config)
+    if status == "finished":
+        summary = json.loads((workdir / "summary.json").read_text())
+        log(f"the run in {workdir} has already finished (final mean test accuracy "
+            f"{100 * summary['final_mean_test_accuracy']:.2f} %); nothing to do")
+        return summary
+    if status == "fresh":
+        report.write_json(workdir / "config.json", config.to_dict())
     ctx = build_context(config, log)
     ds, n = ctx.data.dataset, ctx.data.num_agents
     log(f"dataset {ds.name} ({ds.source}): {len(ds.y_train)} train / {len(ds.y_test)} test, "
@@ -257,14 +306,33 @@ def run(config: ml_collections.ConfigDict, workdir, log: Callable[[str], None] =
         log(f"topology {topo.name}: rho {summary['rho']:.4f}, spectral gap {summary['spectral_gap']:.4f}, "
             f"max degree {summary['max_degree']}" + (f", period {topo.period}" if topo.time_varying else ""))
 
-    state, train_stats = pretrain(ctx)
+    algo = algorithms.build(config.algorithm, ctx, topo)
+    ckpt = checkpoint.RunCheckpointer(workdir, config.checkpoint.keep) if config.checkpoint.every_rounds else None
+    start = ckpt.latest() if (ckpt is not None and status == "resume") else None
+    if start is None:
+        _set_aside_metrics(workdir, 0, log)
+        state, train_stats = pretrain(ctx)
+        ctx.writer = report.MetricsWriter(workdir)
+        ctx.emit(state.variables, round_=0, phase="trained", train=train_stats)
+        state = algo.setup(state)
+        start = 0
+        _save(ckpt, 0, state, ctx, algo)
+    else:
+        state = _restore(ckpt, start, ctx, algo, workdir)
     n_params = agents.num_params(state.params)
     log(f"model {config.model} (width {config.width:g}): {n_params:,} parameters per agent; {n} agent(s); "
         f"{ctx.steps_per_epoch} steps/epoch of batch {config.batch_size}; strategy {ctx.strategy} on "
         f"{jax.default_backend()} ({jax.device_count()} device(s)); algorithm {config.algorithm}")
-    ctx.writer = report.MetricsWriter(workdir)
-    ctx.emit(state.variables, round_=0, phase="trained", train=train_stats)
-    runner(config.algorithm)(ctx, state, topo)
+
+    with _graceful_stop(log) as stop:
+        for r in range(start + 1, config.rounds + 1):
+            state = algo.round(state, r)
+            if ckpt is not None and (r % config.checkpoint.every_rounds == 0 or r == config.rounds or stop.requested):
+                _save(ckpt, r, state, ctx, algo)
+            if stop.requested and r < config.rounds:
+                raise RunInterrupted(f"stopped after round {r} of {config.rounds}" + (
+                    f"; checkpoint saved in {ckpt.dir}. Rerun the same command to resume." if ckpt else
+                    " (checkpointing is off: checkpoint.every_rounds = 0)"))
 
     records = ctx.writer.records
     summary = summarize(records, config, n_params, time.perf_counter() - ctx.t0)
@@ -274,6 +342,79 @@ def run(config: ml_collections.ConfigDict, workdir, log: Callable[[str], None] =
                              title=f"{config.algorithm} · {config.dataset} · {config.model} · N={n} · {config.partition}")
     log("\n" + format_summary(records, summary, workdir))
     return summary
+
+
+def _save(ckpt, round_: int, state, ctx: Context, algo) -> None:
+    if ckpt is None:
+        return
+    meta = {"round": round_, "epoch": ctx.epoch, "local_steps": ctx.local_steps,
+            "messages": ctx.counter.messages.tolist(), "bytes": ctx.counter.bytes.tolist(),
+            "records": len(ctx.writer.records), "wall_time_s": time.perf_counter() - ctx.t0,
+            "algorithm": algo.extra_state()}
+    ckpt.save(round_, state, meta)
+
+
+def _restore(ckpt, round_: int, ctx: Context, algo, workdir) -> agents.AgentState:
+    """Rebuild the run's state at the end of round ``round_`` from its checkpoint."""
+    c = ctx.config
+    tx, _ = ctx.train_step("pretrain")
+    template = algo.setup(agents.init_state(ctx.model, tx, ctx.data.dataset.image_shape, ctx.data.num_agents,
+                                            c.seed))
+    state, meta = ckpt.restore(round_, template)
+    ctx.epoch, ctx.local_steps = meta["epoch"], meta["local_steps"]
+    ctx.counter.messages = np.asarray(meta["messages"], np.int64)
+    ctx.counter.bytes = np.asarray(meta["bytes"], np.int64)
+    ctx.t0 = time.perf_counter() - meta["wall_time_s"]
+    algo.load_extra_state(meta["algorithm"])
+    records = _set_aside_metrics(workdir, meta["records"], ctx.log)
+    ctx.writer = report.MetricsWriter(workdir)
+    ctx.writer.records = records
+    ctx.log(f"resuming {workdir} after round {round_} of {c.rounds} (epoch {ctx.epoch})")
+    return state
+
+
+def _set_aside_metrics(workdir, keep: int, log) -> list[dict]:
+    """Keep the first ``keep`` records of metrics.jsonl; move any later ones (written after the
+    checkpoint being resumed; they will be recomputed) to metrics.discarded.jsonl."""
+    path = pathlib.Path(workdir) / report.METRICS_FILE
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    if len(lines) < keep:
+        raise checkpoint.CheckpointError(f"{path} has {len(lines)} records but the checkpoint expects {keep}; "
+                                         "it was edited or truncated. Nothing was changed.")
+    if len(lines) > keep:
+        with open(pathlib.Path(workdir) / "metrics.discarded.jsonl", "a") as f:
+            f.write("\n".join(lines[keep:]) + "\n")
+        path.write_text("".join(line + "\n" for line in lines[:keep]))
+        log(f"{len(lines) - keep} metrics record(s) written after the last checkpoint were moved to "
+            "metrics.discarded.jsonl (they are recomputed now)")
+    return [json.loads(line) for line in lines[:keep]]
+
+
+class _graceful_stop:
+    """First SIGINT / SIGTERM: finish the round, checkpoint, stop. Second SIGINT: abort at once."""
+
+    def __init__(self, log):
+        self.log, self.requested, self._old = log, False, {}
+
+    def _handler(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.log(f"\n{signal.Signals(signum).name} received: stopping after this round and saving a checkpoint "
+                 "(Ctrl-C again to abort without saving)")
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
 
 
 def _progress_line(rec: dict, rounds: int) -> str:

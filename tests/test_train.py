@@ -54,7 +54,7 @@ def test_local_run_writes_outputs(tmp_path):
     assert any("label histogram" in line for line in logs) and "final accuracy per agent" in logs[-1]
     # the same workdir is never overwritten
     before = (w / "metrics.jsonl").read_text()
-    with pytest.raises(train.WorkdirError, match="already holds results"):
+    with pytest.raises(train.WorkdirError, match="holds a run with other settings"):
         train.run(tiny(), w, log=lambda s: None)
     assert (w / "metrics.jsonl").read_text() == before
 

@@ -25,16 +25,18 @@ TOPOLOGY_NEEDS = {
 }
 
 
-def runner(name: str):
-    """The ``run(ctx, state, topology, emit) -> state`` function of algorithm ``name``."""
+def build(name: str, ctx, topology):
+    """The algorithm object: ``setup(state) -> state`` (once, after pre-training), ``round(state, r)
+    -> state`` (runs round r and emits its records), ``extra_state() / load_extra_state(dict)``
+    (JSON-able state beyond the agents' pytrees, saved in checkpoints)."""
     if name in MERGE_FAMILY:
-        from dimat_jax.algorithms.merge import run
+        from dimat_jax.algorithms.merge import MergeFamily as cls
     elif name in GOSSIP_FAMILY:
-        from dimat_jax.algorithms.gossip import run
+        from dimat_jax.algorithms.gossip import Gossip as cls
     elif name == "swarmsgd":
-        from dimat_jax.algorithms.swarm import run
+        from dimat_jax.algorithms.swarm import Swarm as cls
     elif name in ("local", "centralized"):
-        from dimat_jax.algorithms.local import run
+        from dimat_jax.algorithms.local import Local as cls
     else:
         raise ValueError(f"unknown algorithm {name!r}; choose one of {', '.join(ALGORITHMS)}")
-    return run
+    return cls(ctx, topology)

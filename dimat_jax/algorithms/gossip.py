@@ -25,7 +25,6 @@ import numpy as np
 
 from dimat_jax import agents, comms
 from dimat_jax.agents import AgentState, make_agent_grads, over_agents
-from dimat_jax.data import epoch_batches
 from dimat_jax.merging.neighbours import Neighbourhood
 
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -142,34 +141,49 @@ def init_opt_state(kind: str, params) -> dict:
     return {}
 
 
-def run(ctx, state, topology):
-    """Train with gossip every minibatch; evaluate every ``local_epochs`` epochs."""
-    c = ctx.config
-    kind = c.algorithm
-    b = c.baseline
-    step = make_gossip_step(ctx.model, ctx.data.preprocess, kind, strategy=ctx.strategy, momentum=b.momentum,
-                            bn_mode="frozen" if b.bn_frozen else "ema", qp_sweeps=b.cga_qp_iters)
-    ctx.log(f"{kind}: SGD lr {b.lr} (baseline.lr), lr x {b.lr_decay}/epoch, "
-            + (f"momentum {b.momentum}, " if kind in ("cdmsgd", "cga") else "")
-            + f"mixing every minibatch; BatchNorm {'frozen (reference quirk)' if b.bn_frozen else 'local, train mode'}")
-    state = state.replace(opt_state=init_opt_state(kind, state.params))
-    message_bytes = comms.payload_bytes(state.params) + (4 if kind == "sgp_pushsum" else 0)
-    per_message = 2 if kind == "cga" else 1  # cga: the model out, the cross-gradient back
-    mats = [jnp.asarray(m, jnp.float32) for m in topology.matrices]
-    hoods = [Neighbourhood.from_matrix(m) for m in topology.matrices] if kind == "cga" else None
-    lists = [(jnp.asarray(h.nbr), jnp.asarray(h.weight)) for h in hoods] if hoods else [()] * topology.period
-    first = ctx.epoch
-    done = [0]  # gossip steps so far (selects the time-varying matrix)
+class Gossip:
+    """Train with gossip every minibatch; round r = ``local_epochs`` epochs, then evaluate."""
 
-    def extra_args(e, s, t):
-        k = (done[0] + t) % topology.period
-        return (mats[k], jnp.float32(b.lr * b.lr_decay ** (e - first))) + lists[k]
+    def __init__(self, ctx, topology):
+        c = ctx.config
+        b = c.baseline
+        self.ctx, self.topology, self.kind = ctx, topology, c.algorithm
+        self.step = make_gossip_step(ctx.model, ctx.data.preprocess, self.kind, strategy=ctx.strategy,
+                                     momentum=b.momentum, bn_mode="frozen" if b.bn_frozen else "ema",
+                                     qp_sweeps=b.cga_qp_iters)
+        ctx.log(f"{self.kind}: SGD lr {b.lr} (baseline.lr), lr x {b.lr_decay}/epoch, "
+                + (f"momentum {b.momentum}, " if self.kind in ("cdmsgd", "cga") else "")
+                + "mixing every minibatch; BatchNorm "
+                + ("frozen (reference quirk)" if b.bn_frozen else "local, train mode"))
+        self.mats = [jnp.asarray(m, jnp.float32) for m in topology.matrices]
+        if self.kind == "cga":
+            hoods = [Neighbourhood.from_matrix(m) for m in topology.matrices]
+            self.lists = [(jnp.asarray(h.nbr), jnp.asarray(h.weight)) for h in hoods]
+        else:
+            self.lists = [()] * topology.period
+        self.first_epoch = ctx.config.pretrain_epochs  # the lr decays from the start of gossip training
 
-    for r in range(1, c.rounds + 1):
-        state, stats = ctx.train(state, step, c.local_epochs, f"round {r}/{c.rounds}", extra_args=extra_args)
-        n_steps = c.local_epochs * ctx.steps_per_epoch
-        for t in range(done[0], done[0] + n_steps):
-            ctx.counter.add(comms.senders(topology.matrix(t)), message_bytes, per_message)
-        done[0] += n_steps
+    def setup(self, state):
+        return state.replace(opt_state=init_opt_state(self.kind, state.params))
+
+    def round(self, state, r: int):
+        ctx, c, b = self.ctx, self.ctx.config, self.ctx.config.baseline
+        steps = ctx.steps_per_epoch
+        done = (r - 1) * c.local_epochs * steps  # gossip steps before this round (time-varying graphs)
+
+        def extra_args(e, s, t):
+            k = (done + t) % self.topology.period
+            return (self.mats[k], jnp.float32(b.lr * b.lr_decay ** (e - self.first_epoch))) + self.lists[k]
+
+        state, stats = ctx.train(state, self.step, c.local_epochs, f"round {r}/{c.rounds}", extra_args=extra_args)
+        message_bytes = comms.payload_bytes(state.params) + (4 if self.kind == "sgp_pushsum" else 0)
+        for t in range(done, done + c.local_epochs * steps):
+            ctx.counter.add(comms.senders(self.topology.matrix(t)), message_bytes, 2 if self.kind == "cga" else 1)
         ctx.emit(state.variables, round_=r, phase="trained", train=stats)
-    return state
+        return state
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, extra: dict) -> None:
+        pass

@@ -42,35 +42,43 @@ def make_merger(ctx, variables) -> Merger:
                   augment=c.merge.augment, seed=c.seed)
 
 
-def run(ctx, state, topology):
-    c = ctx.config
-    n = ctx.data.num_agents
-    merger = make_merger(ctx, state.variables)
-    shared = c.merge_data == "global"
-    if shared:
-        ctx.log("merge data: global — every agent's merge uses the whole training set (the reference "
-                "code's behaviour; it leaks every agent's data into every merge)")
-    message_bytes = comms.payload_bytes(state.variables)
-    tx, step = ctx.train_step("local", bn_mode="cumulative" if c.merge.bn_cumulative else "ema")
-    hoods = {}
-    for r in range(1, c.rounds + 1):
-        w = shortcut_matrix(n) if c.merge.fc_shortcut else topology.matrix(r - 1)
-        key = w.tobytes()
-        if key not in hoods:
-            hoods[key] = Neighbourhood.from_matrix(w)
-        hood = hoods[key]
-        batches = merge_batches(ctx.data.shards, c.merge_data, c.merge.batch_size, c.merge.num_batches,
-                                c.seed, r)
-        merged, info = merger.merge(state.variables, hood, ctx.x_train, batches, shared_data=shared,
-                                    reestimate_before=c.merge.bn_before, reestimate_after=c.merge.bn_after,
-                                    key=jax.random.fold_in(jax.random.PRNGKey(c.seed), 0x3E + r))
+class MergeFamily:
+    """dimat / wa / wm: round r = merge → evaluate → (unless r = T) local epochs → evaluate."""
+
+    def __init__(self, ctx, topology):
+        c = ctx.config
+        self.ctx, self.topology = ctx, topology
+        self.shared = c.merge_data == "global"
+        self.tx, self.step = ctx.train_step("local", bn_mode="cumulative" if c.merge.bn_cumulative else "ema")
+        self.merger = None
+        self.hoods = {}
+        if self.shared:
+            ctx.log("merge data: global — every agent's merge uses the whole training set (the reference "
+                    "code's behaviour; it leaks every agent's data into every merge)")
+
+    def setup(self, state):
+        return state.replace(opt_state=agents.init_opt_state(self.tx, state.params))
+
+    def round(self, state, r: int):
+        ctx, c = self.ctx, self.ctx.config
+        n = ctx.data.num_agents
+        if self.merger is None:
+            self.merger = make_merger(ctx, state.variables)
+        w = shortcut_matrix(n) if c.merge.fc_shortcut else self.topology.matrix(r - 1)
+        if w.tobytes() not in self.hoods:
+            self.hoods[w.tobytes()] = Neighbourhood.from_matrix(w)
+        hood = self.hoods[w.tobytes()]
+        batches = merge_batches(ctx.data.shards, c.merge_data, c.merge.batch_size, c.merge.num_batches, c.seed, r)
+        merged, info = self.merger.merge(state.variables, hood, ctx.x_train, batches, shared_data=self.shared,
+                                         reestimate_before=c.merge.bn_before, reestimate_after=c.merge.bn_after,
+                                         key=jax.random.fold_in(jax.random.PRNGKey(c.seed), 0x3E + r))
         if c.merge.fc_shortcut:
             merged = jax.tree.map(lambda x: jnp.broadcast_to(x[:1], x.shape), merged)
             sent = np.ones(n, np.int64)
             sent[0] = n - 1  # everyone sends to agent 0; agent 0 sends the result to everyone
         else:
             sent = comms.senders(w)
-        ctx.counter.add(sent, message_bytes)
+        ctx.counter.add(sent, comms.payload_bytes(state.variables))
         state = state.replace(params=merged["params"], batch_stats=merged["batch_stats"])
         extra = {"merge_time_s": info.total_s, "merge_stage_s": {
             "bn_before": info.bn_before_s, "statistics": info.stats_s, "matching": info.match_s,
@@ -79,10 +87,16 @@ def run(ctx, state, topology):
             extra["mean_matched_correlation"] = float(np.mean(list(info.mean_matched_correlation.values())))
         ctx.emit(state.variables, round_=r, phase="merged", extra=extra)
         if r < c.rounds:
-            state = state.replace(opt_state=agents.init_opt_state(tx, state.params))  # fresh optimizer
+            state = state.replace(opt_state=agents.init_opt_state(self.tx, state.params))  # fresh optimizer
             # cumulative BN (reference): the re-estimation's batches are the first in the average
             bn_count = (info.batches_per_pass if c.merge.bn_after else 0) if c.merge.bn_cumulative else None
-            extra = None if bn_count is None else (lambda e, s, t, b0=bn_count: (jnp.float32(b0 + t),))
-            state, stats = ctx.train(state, step, c.local_epochs, f"round {r}/{c.rounds}", extra_args=extra)
+            extra_args = None if bn_count is None else (lambda e, s, t, b0=bn_count: (jnp.float32(b0 + t),))
+            state, stats = ctx.train(state, self.step, c.local_epochs, f"round {r}/{c.rounds}", extra_args=extra_args)
             ctx.emit(state.variables, round_=r, phase="trained", train=stats)
-    return state
+        return state
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, extra: dict) -> None:
+        pass

@@ -48,51 +48,64 @@ def undirected_edges(w: np.ndarray) -> np.ndarray:
     return np.argwhere(np.triu(a, 1)).astype(np.int32)
 
 
-def run(ctx, state, topology):
-    c = ctx.config
-    b = c.baseline
-    n = ctx.data.num_agents
-    step = make_swarm_step(ctx.model, ctx.data.preprocess, strategy=ctx.strategy,
-                           bn_mode="frozen" if b.bn_frozen else "ema")
-    edges = [undirected_edges(m) for m in topology.matrices]
-    if any(len(e) == 0 for e in edges):
-        raise ValueError(f"swarmsgd needs a graph with edges; topology {topology.name!r} has none")
-    ctx.log(f"swarmsgd: SGD lr {b.lr} (baseline.lr), lr x {b.lr_decay}/epoch, one random edge steps and averages "
-            f"per interaction, {max(1, n * ctx.steps_per_epoch // 2)} interactions/epoch")
-    message_bytes = comms.payload_bytes(state.params)
-    per_epoch = max(1, n * ctx.steps_per_epoch // 2)
-    positions = np.zeros(n, np.int64)  # items consumed from each agent's data stream
-    key = jax.random.fold_in(jax.random.PRNGKey(c.seed), 0x5A4)
-    first, t = ctx.epoch, 0
-    for r in range(1, c.rounds + 1):
+class Swarm:
+    """Round r = ``local_epochs`` epochs of N·steps_per_epoch/2 pair interactions, then evaluate."""
+
+    def __init__(self, ctx, topology):
+        c, b = ctx.config, ctx.config.baseline
+        self.ctx, self.topology = ctx, topology
+        self.n = ctx.data.num_agents
+        self.step = make_swarm_step(ctx.model, ctx.data.preprocess, strategy=ctx.strategy,
+                                    bn_mode="frozen" if b.bn_frozen else "ema")
+        self.edges = [undirected_edges(m) for m in topology.matrices]
+        if any(len(e) == 0 for e in self.edges):
+            raise ValueError(f"swarmsgd needs a graph with edges; topology {topology.name!r} has none")
+        self.per_epoch = max(1, self.n * ctx.steps_per_epoch // 2)
+        self.positions = np.zeros(self.n, np.int64)  # items consumed from each agent's data stream
+        self.first_epoch = c.pretrain_epochs
+        ctx.log(f"swarmsgd: SGD lr {b.lr} (baseline.lr), lr x {b.lr_decay}/epoch, one random edge steps and "
+                f"averages per interaction, {self.per_epoch} interactions/epoch")
+
+    def setup(self, state):
+        return state.replace(opt_state={})
+
+    def round(self, state, r: int):
+        ctx, c, b, n = self.ctx, self.ctx.config, self.ctx.config.baseline, self.n
+        key = jax.random.fold_in(jax.random.PRNGKey(c.seed), 0x5A4)
+        message_bytes = comms.payload_bytes(state.params)
         loss_sum, acc_sum, count = np.zeros(n), np.zeros(n), np.zeros(n)
-        bar = tqdm(total=c.local_epochs * per_epoch, desc=f"round {r}/{c.rounds}", leave=False,
+        bar = tqdm(total=c.local_epochs * self.per_epoch, desc=f"round {r}/{c.rounds}", leave=False,
                    disable=None if ctx.progress else True, unit="step")
         for e in range(ctx.epoch, ctx.epoch + c.local_epochs):
             rng = np.random.default_rng(np.random.SeedSequence([c.seed, e, 0x5A4]))
-            lr = jnp.float32(b.lr * b.lr_decay ** (e - first))
+            lr = jnp.float32(b.lr * b.lr_decay ** (e - self.first_epoch))
             pending = []
-            for _ in range(per_epoch):
-                es = edges[t % topology.period]
+            for i in range(self.per_epoch):
+                t = (e - self.first_epoch) * self.per_epoch + i
+                es = self.edges[t % self.topology.period]
                 pair = es[rng.integers(len(es))]
-                idx = np.stack([stream_positions(ctx.data.shards[a], c.seed, int(a), int(positions[a]), c.batch_size)
-                                for a in pair])
-                positions[pair] += c.batch_size
-                state, m = step(state, ctx.x_train, ctx.y_train, jnp.asarray(pair), jnp.asarray(idx, jnp.int32),
-                                jax.random.fold_in(key, t), lr)
+                idx = np.stack([stream_positions(ctx.data.shards[a], c.seed, int(a), int(self.positions[a]),
+                                                 c.batch_size) for a in pair])
+                self.positions[pair] += c.batch_size
+                state, m = self.step(state, ctx.x_train, ctx.y_train, jnp.asarray(pair), jnp.asarray(idx, jnp.int32),
+                                     jax.random.fold_in(key, t), lr)
                 pending.append((pair, m))
                 ctx.counter.add(np.bincount(pair, minlength=n), message_bytes)
-                t += 1
                 bar.update(1)
             for pair, m in pending:
                 loss_sum[pair] += np.asarray(m["loss"])
                 acc_sum[pair] += np.asarray(m["accuracy"])
                 count[pair] += 1
-            check_finite(loss_sum, f"epoch {e} (swarmsgd)", bar)
+            check_finite(loss_sum, f"epoch {e}, round {r} (swarmsgd)", bar)
         bar.close()
         ctx.epoch += c.local_epochs
         ctx.local_steps += c.local_epochs * ctx.steps_per_epoch
         count = np.maximum(count, 1)
-        ctx.emit(state.variables, round_=r, phase="trained",
-                 train={"loss": loss_sum / count, "accuracy": acc_sum / count})
-    return state
+        ctx.emit(state.variables, round_=r, phase="trained", train={"loss": loss_sum / count, "accuracy": acc_sum / count})
+        return state
+
+    def extra_state(self) -> dict:
+        return {"positions": self.positions.tolist()}
+
+    def load_extra_state(self, extra: dict) -> None:
+        self.positions = np.asarray(extra["positions"], np.int64)
