@@ -210,6 +210,7 @@ def tiny(algorithm, topology="ring", **kw):
     c.merge.num_batches = 1
     c.log.progress = False
     c.log.plot = False
+    c.agents.strategy = "vmap"  # compiles once whatever N (the unrolled default is covered elsewhere)
     for k, val in kw.items():
         node = c
         *path, last = k.split("__")

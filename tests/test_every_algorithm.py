@@ -23,7 +23,7 @@ def cache(tmp_path_factory):
 def tiny(cache, **overrides):
     base = {"width": 0.25, "num_agents": 4, "pretrain_epochs": 1, "rounds": 2, "local_epochs": 1, "batch_size": 16,
             "data.steps_per_epoch": 2, "merge.batch_size": 32, "merge.num_batches": 1, "log.progress": False,
-            "log.plot": False, "pretrain.cache_dir": cache, "data.max_test_examples": 100}
+            "log.plot": False, "pretrain.cache_dir": cache, "data.max_test_examples": 100, "agents.strategy": "vmap"}
     return load_config_file(PRESET, {**base, **overrides})
 
 
