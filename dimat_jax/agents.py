@@ -49,12 +49,21 @@ def resolve_strategy(name: str, backend: str | None = None) -> str:
     return "unrolled" if (backend or jax.default_backend()) == "cpu" else "vmap"
 
 
-def over_agents(fn: Callable, strategy: str) -> Callable:
+def over_agents(fn: Callable, strategy: str, mesh=None) -> Callable:
     """Lift ``fn(agent_tree, *shared)`` to ``g(stacked_tree, *shared)`` with the given strategy.
 
     ``stacked_tree`` leaves carry a leading agent axis; ``shared`` arguments are the same for all
-    agents. The result's leaves carry the agent axis too.
+    agents. The result's leaves carry the agent axis too. With a ``mesh`` (see distributed.py) the
+    agent axis is sharded: ``jax.shard_map`` gives every device its own agents, which it runs with
+    ``strategy``; shared arguments are replicated.
     """
+    if mesh is not None:
+        from dimat_jax.distributed import sharded
+        inner = over_agents(fn, strategy)
+
+        def g_sharded(stacked, *shared):
+            return sharded(lambda st, *sh: inner(st, *sh), mesh, 1, len(shared))(stacked, *shared)
+        return g_sharded
     strategy = resolve_strategy(strategy)
     if strategy == "vmap":
         def g(stacked, *shared):
@@ -149,7 +158,7 @@ def make_agent_grads(model, preprocess, bn_mode: str = "ema") -> Callable:
 
 
 def make_train_step(model, tx: optax.GradientTransformation, preprocess, strategy: str = "auto",
-                    bn_mode: str = "ema"):
+                    bn_mode: str = "ema", mesh=None):
     """Jitted ``step(state, x_train, y_train, idx, key[, bn_count]) -> (state, metrics)`` for all agents.
 
     ``x_train``/``y_train``: the whole (raw) training set on device, [n, H, W, C] / [n];
@@ -167,7 +176,7 @@ def make_train_step(model, tx: optax.GradientTransformation, preprocess, strateg
         params = optax.apply_updates(params, updates)
         return (params, new_stats, opt_state), {"loss": loss, "accuracy": acc}
 
-    lifted = over_agents(agent_step, strategy)
+    lifted = over_agents(agent_step, strategy, mesh)
 
     @functools.partial(jax.jit, donate_argnums=(0,))
     def step(state: AgentState, x_all, y_all, idx, key, bn_count=None):
@@ -184,7 +193,7 @@ def agent_keys(key: jax.Array, n: int) -> jax.Array:
     return jax.vmap(lambda a: jax.random.fold_in(key, a))(jnp.arange(n))
 
 
-def make_eval_step(model, preprocess, strategy: str = "auto"):
+def make_eval_step(model, preprocess, strategy: str = "auto", mesh=None):
     """Jitted ``eval_step(variables, x, y, mask) -> (loss_sum [N], correct [N])`` on one shared batch.
 
     ``x``: raw [B, H, W, C]; ``mask``: [B] 1.0 for real examples, 0.0 for padding. BatchNorm in eval
@@ -197,7 +206,7 @@ def make_eval_step(model, preprocess, strategy: str = "auto"):
         correct = ((jnp.argmax(logits, -1) == y) * mask).sum()
         return loss, correct
 
-    return jax.jit(over_agents(agent_eval, strategy))
+    return jax.jit(over_agents(agent_eval, strategy, mesh))
 
 
 class TestSet:

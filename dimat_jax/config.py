@@ -108,6 +108,9 @@ def get_default_config() -> ml_collections.ConfigDict:
     c.agents = ml_collections.ConfigDict()
     c.agents.strategy = "auto"    # auto | vmap | unrolled | map (see dimat_jax/agents.py)
 
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.devices = 1            # shard the agent axis over this many devices (0 = all); N must be divisible
+
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_rounds = 1  # save the full state every K rounds (and at the end); 0 = never
     c.checkpoint.keep = 2         # checkpoints kept in <workdir>/checkpoints
@@ -204,6 +207,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     need(0 < c.baseline.lr, "baseline.lr must be > 0")
     need(0 <= c.baseline.momentum < 1 and 0 < c.baseline.lr_decay <= 1,
          "baseline.momentum must be in [0, 1) and baseline.lr_decay in (0, 1]")
+    need(c.mesh.devices >= 0, f"mesh.devices must be >= 0 (0 = all devices), got {c.mesh.devices}")
+    if c.mesh.devices > 1:
+        n = 1 if c.algorithm == "centralized" else c.num_agents
+        need(n % c.mesh.devices == 0, f"num_agents = {n} is not divisible by mesh.devices = {c.mesh.devices}; "
+             f"use a multiple of {c.mesh.devices} agents or a divisor of {n} devices")
     need(c.checkpoint.every_rounds >= 0 and c.checkpoint.keep >= 1,
          "checkpoint.every_rounds must be >= 0 and checkpoint.keep >= 1")
     need(c.baseline.cga_qp_iters >= 1 and c.merge.wm_max_sweeps >= 1, "baseline.cga_qp_iters, merge.wm_max_sweeps >= 1")

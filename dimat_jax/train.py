@@ -21,10 +21,10 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from dimat_jax import agents, algorithms, checkpoint, comms, report
+from dimat_jax import agents, algorithms, checkpoint, comms, distributed, report
 from dimat_jax import topology as topology_lib
 from dimat_jax.algorithms import TOPOLOGY_NEEDS
-from dimat_jax.config import validate
+from dimat_jax.config import ConfigError, validate
 from dimat_jax.data import AgentData, epoch_batches, prepare, steps_per_epoch
 from dimat_jax.models import build_model, check_input_shape
 from dimat_jax.optim import make_optimizer
@@ -100,6 +100,7 @@ class Context:
     log: Callable[[str], None]
     counter: comms.Counter
     t0: float
+    mesh: object = None       # the agents mesh (distributed.py) or None on one device
     epoch: int = 0            # cumulative local epochs
     local_steps: int = 0      # cumulative local steps per agent
     writer: report.MetricsWriter | None = None
@@ -129,7 +130,7 @@ class Context:
         if key not in self._steps:
             tx = self.optimizer(phase)
             self._steps[key] = (tx, agents.make_train_step(self.model, tx, self.data.preprocess, self.strategy,
-                                                           bn_mode=bn_mode))
+                                                           bn_mode=bn_mode, mesh=self.mesh))
         return self._steps[key]
 
     def evaluate(self, variables: dict) -> dict:
@@ -225,12 +226,19 @@ def build_context(config, log=print) -> Context:
     model = build_model(config.model, ds.num_classes, config.width)
     steps = steps_per_epoch([len(s) for s in data.shards], config.batch_size, config.data.steps_per_epoch)
     strategy = agents.resolve_strategy(config.agents.strategy)
+    try:
+        mesh = distributed.make_mesh(config.mesh.devices, data.num_agents)
+    except distributed.MeshError as e:
+        raise ConfigError(str(e)) from e
+    test = agents.TestSet(ds.x_test, ds.y_test, config.data.eval_batch_size)
+    if mesh is not None:  # data replicated on every device; agents sharded (see pretrain / restore)
+        test.x, test.y, test.mask = distributed.replicate((test.x, test.y, test.mask), mesh)
     return Context(config=config, data=data, model=model, steps_per_epoch=steps,
-                   x_train=jnp.asarray(ds.x_train), y_train=jnp.asarray(ds.y_train),
-                   test=agents.TestSet(ds.x_test, ds.y_test, config.data.eval_batch_size),
-                   eval_step=agents.make_eval_step(model, data.preprocess, strategy),
+                   x_train=distributed.replicate(jnp.asarray(ds.x_train), mesh),
+                   y_train=distributed.replicate(jnp.asarray(ds.y_train), mesh), test=test,
+                   eval_step=agents.make_eval_step(model, data.preprocess, strategy, mesh),
                    progress=config.log.progress, log=log, counter=comms.Counter(data.num_agents),
-                   t0=time.perf_counter())
+                   t0=time.perf_counter(), mesh=mesh)
 
 
 def build_topology(config) -> topology_lib.Topology | None:
@@ -247,13 +255,14 @@ def pretrain(ctx: Context) -> tuple[agents.AgentState, dict | None]:
     c = ctx.config
     ds, n = ctx.data.dataset, ctx.data.num_agents
     tx, step = ctx.train_step("pretrain")
-    state = agents.init_state(ctx.model, tx, ds.image_shape, n, c.seed)
+    state = distributed.shard_agents(agents.init_state(ctx.model, tx, ds.image_shape, n, c.seed), ctx.mesh)
     source = c.pretrain.checkpoint or (str(checkpoint.pretrain_cache_path(c)) if c.pretrain.cache_dir else "")
     if source and pathlib.Path(source).exists() and c.pretrain_epochs:
         variables, meta = checkpoint.restore_tree(source, state.variables)
         checkpoint.check_fingerprint(meta, c, source)
         ctx.log(f"pre-trained agents loaded from {source}")
         ctx.epoch, ctx.local_steps = c.pretrain_epochs, meta["local_steps"]
+        variables = distributed.shard_agents(variables, ctx.mesh)
         return state.replace(params=variables["params"], batch_stats=variables["batch_stats"]), meta.get("train")
     if c.pretrain.checkpoint:
         raise checkpoint.CheckpointError(f"pretrain.checkpoint {c.pretrain.checkpoint} does not exist")
@@ -320,9 +329,11 @@ def run(config: ml_collections.ConfigDict, workdir, log: Callable[[str], None] =
     else:
         state = _restore(ckpt, start, ctx, algo, workdir)
     n_params = agents.num_params(state.params)
+    where = (f"sharded over {distributed.num_devices(ctx.mesh)} {jax.default_backend()} devices (shard_map, "
+             f"{ctx.strategy} within each)" if ctx.mesh is not None else
+             f"strategy {ctx.strategy} on {jax.default_backend()} ({jax.device_count()} device(s) visible)")
     log(f"model {config.model} (width {config.width:g}): {n_params:,} parameters per agent; {n} agent(s); "
-        f"{ctx.steps_per_epoch} steps/epoch of batch {config.batch_size}; strategy {ctx.strategy} on "
-        f"{jax.default_backend()} ({jax.device_count()} device(s)); algorithm {config.algorithm}")
+        f"{ctx.steps_per_epoch} steps/epoch of batch {config.batch_size}; {where}; algorithm {config.algorithm}")
 
     with _graceful_stop(log) as stop:
         for r in range(start + 1, config.rounds + 1):
@@ -361,6 +372,7 @@ def _restore(ckpt, round_: int, ctx: Context, algo, workdir) -> agents.AgentStat
     template = algo.setup(agents.init_state(ctx.model, tx, ctx.data.dataset.image_shape, ctx.data.num_agents,
                                             c.seed))
     state, meta = ckpt.restore(round_, template)
+    state = distributed.shard_agents(state, ctx.mesh)
     ctx.epoch, ctx.local_steps = meta["epoch"], meta["local_steps"]
     ctx.counter.messages = np.asarray(meta["messages"], np.int64)
     ctx.counter.bytes = np.asarray(meta["bytes"], np.int64)

@@ -2,11 +2,10 @@ import os
 import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-
-import jax  # noqa: E402
-
-# Many tests compile the same small programs (tiny end-to-end runs build fresh jitted closures);
-# a session-local persistent compilation cache lets identical XLA programs compile once.
-jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="dimat_jax_test_xla_cache_"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+# Many tests compile the same small programs (tiny end-to-end runs build fresh jitted closures, and
+# the CLI / notebook / multi-device tests start subprocesses). A session-local persistent
+# compilation cache, passed to subprocesses through the environment, lets identical XLA programs
+# compile once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="dimat_jax_test_xla_cache_"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")

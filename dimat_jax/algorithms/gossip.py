@@ -73,14 +73,30 @@ def cga_direction(g_slots, self_weight, nbr_weight, sweeps: int):
 
 
 def make_gossip_step(model, preprocess, kind: str, *, strategy: str = "auto", momentum: float = 0.9,
-                     bn_mode: str = "ema", qp_sweeps: int = 200):
-    """Jitted ``step(state, x_all, y_all, idx, key, w, lr[, nbr, nbr_weight]) -> (state, metrics)``.
+                     bn_mode: str = "ema", qp_sweeps: int = 200, mesh=None, plan=None):
+    """Jitted ``step(state, x_all, y_all, idx, key, mixing, lr[, nbr, nbr_weight]) -> (state, metrics)``.
 
-    ``idx`` int [N, B]; ``w`` [N, N] this step's mixing matrix; ``lr`` scalar; for ``cga`` also the
-    padded neighbour lists ``nbr`` int [N, D] and ``nbr_weight`` [N, D] (see Neighbourhood).
-    ``state.opt_state``: {'momentum': tree} (cdmsgd, cga), {'push_weight': [N]} (sgp_pushsum), {}.
+    ``idx`` int [N, B]; ``mixing``: this step's mixing matrix W [N, N] (dense mixing), or, with a
+    ``mesh`` and a sparse ExchangePlan ``plan``, its neighbour weights ([N, S], [N]) mixed by
+    collective-permutes; ``lr`` scalar; for ``cga`` also the padded neighbour lists ``nbr`` int
+    [N, D] and ``nbr_weight`` [N, D] (see Neighbourhood). ``state.opt_state``: {'momentum': tree}
+    (cdmsgd, cga), {'push_weight': [N]} (sgp_pushsum), {}.
     """
     grads_fn = make_agent_grads(model, preprocess, bn_mode)
+    if mesh is not None and plan is not None and not plan.dense:
+        from dimat_jax.distributed import make_sparse_mix
+        sparse = make_sparse_mix(mesh, plan)
+
+        def mixer(mixing, tree):
+            return sparse(tree, *mixing)
+
+        def self_weights(mixing):
+            return mixing[1]
+    else:
+        mixer = mix
+
+        def self_weights(mixing):
+            return jnp.diagonal(mixing)
 
     if kind == "cga":
         def agent_grads(agent, x_all, y_all):
@@ -95,7 +111,7 @@ def make_gossip_step(model, preprocess, kind: str, *, strategy: str = "auto", mo
             params, stats, idx, key = agent
             return grads_fn(params, stats, x_all[idx], y_all[idx], key)
 
-    lifted = over_agents(agent_grads, strategy)
+    lifted = over_agents(agent_grads, strategy, mesh)
 
     @functools.partial(jax.jit, donate_argnums=(0,))
     def step(state: AgentState, x_all, y_all, idx, key, w, lr, nbr=None, nbr_weight=None):
@@ -104,25 +120,25 @@ def make_gossip_step(model, preprocess, kind: str, *, strategy: str = "auto", mo
         x = state.params  # for sgp_pushsum: the de-biased z, where gradients are taken
         if kind == "cga":
             idx_slots = jnp.concatenate([idx[:, None], idx[nbr]], axis=1)  # [N, D+1, B]
-            g, stats, loss, acc = lifted((x, state.batch_stats, idx_slots, keys, jnp.diagonal(w), nbr_weight),
+            g, stats, loss, acc = lifted((x, state.batch_stats, idx_slots, keys, self_weights(w), nbr_weight),
                                          x_all, y_all)
         else:
             g, stats, loss, acc = lifted((x, state.batch_stats, idx, keys), x_all, y_all)
         opt = dict(state.opt_state)
         if kind == "cdsgd":
-            new = jax.tree.map(lambda a, b: a - lr * b, mix(w, x), g)
+            new = jax.tree.map(lambda a, b: a - lr * b, mixer(w, x), g)
         elif kind in ("cdmsgd", "cga"):
             m = jax.tree.map(lambda mm, gg: momentum * mm + gg, opt["momentum"], g)
-            new = jax.tree.map(lambda a, gg, mm: a - lr * (gg + momentum * mm), mix(w, x), g, m)
+            new = jax.tree.map(lambda a, gg, mm: a - lr * (gg + momentum * mm), mixer(w, x), g, m)
             opt["momentum"] = m
         elif kind == "sgp":
-            new = mix(w, jax.tree.map(lambda a, b: a - lr * b, x, g))
+            new = mixer(w, jax.tree.map(lambda a, b: a - lr * b, x, g))
         elif kind == "sgp_pushsum":
             pw = opt["push_weight"]
             scale = lambda v, a: v.reshape(v.shape + (1,) * (a.ndim - 1)).astype(a.dtype)  # noqa: E731
             numer = jax.tree.map(lambda z, b: scale(pw, z) * z - lr * b, x, g)
-            numer = mix(w, numer)
-            pw = jnp.einsum("ij,j->i", w.astype(pw.dtype), pw, precision=HIGHEST)
+            numer = mixer(w, numer)
+            pw = mixer(w, pw)
             new = jax.tree.map(lambda a: a / scale(pw, a), numer)
             opt["push_weight"] = pw
         else:
@@ -148,14 +164,29 @@ class Gossip:
         c = ctx.config
         b = c.baseline
         self.ctx, self.topology, self.kind = ctx, topology, c.algorithm
-        self.step = make_gossip_step(ctx.model, ctx.data.preprocess, self.kind, strategy=ctx.strategy,
-                                     momentum=b.momentum, bn_mode="frozen" if b.bn_frozen else "ema",
-                                     qp_sweeps=b.cga_qp_iters)
+        build = lambda plan=None: make_gossip_step(  # noqa: E731
+            ctx.model, ctx.data.preprocess, self.kind, strategy=ctx.strategy, momentum=b.momentum,
+            bn_mode="frozen" if b.bn_frozen else "ema", qp_sweeps=b.cga_qp_iters, mesh=ctx.mesh, plan=plan)
+        # one compiled step per mixing matrix when it needs its own exchange plan (sparse graph on a mesh)
+        self.steps, self.mixing = [], []
+        dense_step = None
+        for m in topology.matrices:
+            plan = None
+            if ctx.mesh is not None:
+                from dimat_jax.distributed import ExchangePlan, num_devices
+                hood = Neighbourhood.from_matrix(m)
+                plan = ExchangePlan.build(hood.nbr, num_devices(ctx.mesh))
+            if plan is None or plan.dense:
+                dense_step = dense_step or build()
+                self.steps.append(dense_step)
+                self.mixing.append(jnp.asarray(m, jnp.float32))
+            else:
+                self.steps.append(build(plan))
+                self.mixing.append((jnp.asarray(hood.weight), jnp.asarray(hood.self_weight)))
         ctx.log(f"{self.kind}: SGD lr {b.lr} (baseline.lr), lr x {b.lr_decay}/epoch, "
                 + (f"momentum {b.momentum}, " if self.kind in ("cdmsgd", "cga") else "")
                 + "mixing every minibatch; BatchNorm "
                 + ("frozen (reference quirk)" if b.bn_frozen else "local, train mode"))
-        self.mats = [jnp.asarray(m, jnp.float32) for m in topology.matrices]
         if self.kind == "cga":
             hoods = [Neighbourhood.from_matrix(m) for m in topology.matrices]
             self.lists = [(jnp.asarray(h.nbr), jnp.asarray(h.weight)) for h in hoods]
@@ -173,9 +204,12 @@ class Gossip:
 
         def extra_args(e, s, t):
             k = (done + t) % self.topology.period
-            return (self.mats[k], jnp.float32(b.lr * b.lr_decay ** (e - self.first_epoch))) + self.lists[k]
+            return (k, jnp.float32(b.lr * b.lr_decay ** (e - self.first_epoch))) + self.lists[k]
 
-        state, stats = ctx.train(state, self.step, c.local_epochs, f"round {r}/{c.rounds}", extra_args=extra_args)
+        def step(state, x_all, y_all, idx, key, k, lr, *rest):  # the compiled step of matrix k
+            return self.steps[k](state, x_all, y_all, idx, key, self.mixing[k], lr, *rest)
+
+        state, stats = ctx.train(state, step, c.local_epochs, f"round {r}/{c.rounds}", extra_args=extra_args)
         message_bytes = comms.payload_bytes(state.params) + (4 if self.kind == "sgp_pushsum" else 0)
         for t in range(done, done + c.local_epochs * steps):
             ctx.counter.add(comms.senders(self.topology.matrix(t)), message_bytes, 2 if self.kind == "cga" else 1)

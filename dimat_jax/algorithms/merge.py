@@ -17,6 +17,7 @@ import numpy as np
 
 from dimat_jax import agents, comms
 from dimat_jax.algorithms import MERGE_FAMILY
+from dimat_jax.distributed import shard_agents
 from dimat_jax.merging.engine import Merger, merge_batches
 from dimat_jax.merging.matching import weight_matcher
 from dimat_jax.merging.neighbours import Neighbourhood
@@ -39,7 +40,7 @@ def make_merger(ctx, variables) -> Merger:
         matcher.needs_activations = False
     spec = permutation_spec(c.model, jax.tree.map(lambda x: x[0], variables))
     return Merger(ctx.model, spec, ctx.data.preprocess, strategy=ctx.strategy, matcher=matcher,
-                  augment=c.merge.augment, seed=c.seed)
+                  augment=c.merge.augment, seed=c.seed, mesh=ctx.mesh)
 
 
 class MergeFamily:
@@ -73,7 +74,7 @@ class MergeFamily:
                                          reestimate_before=c.merge.bn_before, reestimate_after=c.merge.bn_after,
                                          key=jax.random.fold_in(jax.random.PRNGKey(c.seed), 0x3E + r))
         if c.merge.fc_shortcut:
-            merged = jax.tree.map(lambda x: jnp.broadcast_to(x[:1], x.shape), merged)
+            merged = shard_agents(jax.tree.map(lambda x: jnp.broadcast_to(x[:1], x.shape), merged), ctx.mesh)
             sent = np.ones(n, np.int64)
             sent[0] = n - 1  # everyone sends to agent 0; agent 0 sends the result to everyone
         else:

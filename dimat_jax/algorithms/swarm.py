@@ -55,6 +55,7 @@ class Swarm:
         c, b = ctx.config, ctx.config.baseline
         self.ctx, self.topology = ctx, topology
         self.n = ctx.data.num_agents
+        # the pair's step runs on whichever devices hold a and b (XLA moves the two models)
         self.step = make_swarm_step(ctx.model, ctx.data.preprocess, strategy=ctx.strategy,
                                     bn_mode="frozen" if b.bn_frozen else "ema")
         self.edges = [undirected_edges(m) for m in topology.matrices]

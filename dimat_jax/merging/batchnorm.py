@@ -17,7 +17,7 @@ from dimat_jax.agents import over_agents
 from dimat_jax.merging.spec import flatten, unflatten
 
 
-def make_bn_moments_step(model, preprocess, strategy: str = "auto", augment: bool = False) -> Callable:
+def make_bn_moments_step(model, preprocess, strategy: str = "auto", augment: bool = False, mesh=None) -> Callable:
     """Jitted ``step(sums, variables, x_all, idx [N, B], key) -> sums`` adding every BN's batch
     moments (p -> [N, 2, C]: E[x], E[x²]) of each agent's batch ``x_all[idx[a]]`` in train mode."""
 
@@ -28,7 +28,7 @@ def make_bn_moments_step(model, preprocess, strategy: str = "auto", augment: boo
         _, state = model.apply(variables, x, train=True, mutable=["batch_stats", "bn_moments"])
         return {path.rsplit("/moments", 1)[0]: v[0] for path, v in flatten(state["bn_moments"]).items()}
 
-    lifted = over_agents(agent_moments, strategy)
+    lifted = over_agents(agent_moments, strategy, mesh)
 
     @jax.jit
     def step(sums, variables, x_all, idx, key):

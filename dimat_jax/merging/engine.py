@@ -75,12 +75,26 @@ class Merger:
     """
 
     def __init__(self, model, spec: PermutationSpec, preprocess, *, strategy: str = "auto",
-                 matcher: str | Callable = "activation", augment: bool = False, seed: int = 0):
-        self.model, self.spec, self.seed = model, spec, seed
+                 matcher: str | Callable = "activation", augment: bool = False, seed: int = 0, mesh=None):
+        self.model, self.spec, self.seed, self.mesh = model, spec, seed, mesh
+        self.preprocess, self.strategy = preprocess, strategy
         self.matcher = matching.MATCHERS[matcher] if isinstance(matcher, str) else matcher
         self._stats_step = stats.make_stats_step(model, spec, preprocess, strategy)
-        self._bn_step = batchnorm.make_bn_moments_step(model, preprocess, strategy, augment=augment)
+        self._bn_step = batchnorm.make_bn_moments_step(model, preprocess, strategy, augment=augment, mesh=mesh)
         self._mix = make_mix(spec)
+        self._sharded = {}  # neighbour lists -> (plan, stats step, mix) on the mesh
+
+    def _on_mesh(self, hood: Neighbourhood):
+        """Exchange plan and compiled sharded passes for these neighbour lists (cached)."""
+        from dimat_jax.distributed import ExchangePlan, num_devices
+        from dimat_jax.merging.mix import make_sharded_mix
+        key = hood.nbr.tobytes()
+        if key not in self._sharded:
+            plan = ExchangePlan.build(hood.nbr, num_devices(self.mesh))
+            self._sharded[key] = (plan, stats.make_sharded_stats_step(self.model, self.spec, self.preprocess,
+                                                                      self.mesh, plan, self.strategy),
+                                  make_sharded_mix(self.spec, self.mesh, plan))
+        return self._sharded[key]
 
     # ------------------------------------------------------------------ the stages
     def reestimate_bn(self, variables: dict, x_all, batches, key=None) -> dict:
@@ -88,6 +102,13 @@ class Merger:
         return batchnorm.reestimate(self._bn_step, variables, x_all, batches, key)
 
     def moments(self, variables: dict, x_all, hood: Neighbourhood, batches, shared_data: bool) -> stats.Moments:
+        if self.mesh is not None:  # receiver-major on the mesh (no feature maps cross devices)
+            from dimat_jax.distributed import shard_agents
+            _, step, _ = self._on_mesh(hood)
+            m = shard_agents(stats.zero_moments(self.spec, hood.num_agents, hood.num_slots), self.mesh)
+            for idx in batches:
+                m = step(m, variables, x_all, shard_agents(jnp.asarray(idx), self.mesh))
+            return m
         plan = ForwardPlan.build(hood, shared_data)
         nbr, src = jnp.asarray(hood.nbr), jnp.asarray(plan.src_block)
         m = stats.zero_moments(self.spec, hood.num_agents, hood.num_slots)
@@ -110,6 +131,11 @@ class Merger:
         if hood.num_slots == 0:
             return jax.tree.map(lambda x: x, variables)
         perms = {p: jnp.asarray(v, jnp.int32) for p, v in perms.items()}
+        if self.mesh is not None:
+            from dimat_jax.distributed import shard_agents
+            _, _, mix = self._on_mesh(hood)
+            return mix(variables, shard_agents(perms, self.mesh), shard_agents(jnp.asarray(hood.weight), self.mesh),
+                       shard_agents(jnp.asarray(hood.self_weight), self.mesh))
         return self._mix(variables, perms, jnp.asarray(hood.nbr), jnp.asarray(hood.weight),
                          jnp.asarray(hood.self_weight))
 

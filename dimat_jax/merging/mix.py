@@ -42,3 +42,30 @@ def make_mix(spec: PermutationSpec) -> Callable:
         return out
 
     return mix
+
+
+def make_sharded_mix(spec: PermutationSpec, mesh, plan) -> Callable:
+    """:func:`make_mix` for agents sharded over a mesh: each device fetches only its receivers'
+    neighbour models (``plan``: collective-permutes, or an all-gather for dense graphs), permutes
+    them locally and mixes. Jitted ``mix(variables, perms, weight, self_weight) -> variables``."""
+    import numpy as np
+
+    from dimat_jax.distributed import candidates, sharded
+    cand_table = np.asarray(plan.cand)
+
+    def local(variables, perms, cand, weight, self_weight):
+        pool = candidates(variables, plan)
+        out = jax.tree.map(lambda x: _scale(self_weight, x), variables)
+        for s in range(cand.shape[1]):
+            theta = jax.tree.map(lambda v: v[cand[:, s]], pool)
+            theta = permute_stacked(theta, spec, {p: v[:, s] for p, v in perms.items()})
+            out = jax.tree.map(lambda a, t: a + _scale(weight[:, s], t), out, theta)
+        return out
+
+    fn = sharded(local, mesh, 5)
+
+    @jax.jit
+    def mix(variables, perms, weight, self_weight):
+        return fn(variables, perms, jnp.asarray(cand_table), weight, self_weight)
+
+    return mix

@@ -23,7 +23,7 @@ from dimat_jax.merging.spec import PermutationSpec, flatten
 @dataclasses.dataclass
 class Moments:
     """Accumulated moments per permutation p (dicts keyed by p)."""
-    count: dict        # p -> [] samples per receiver (B·h·w summed over batches)
+    count: dict        # p -> [N] samples per receiver (B·h·w summed over batches)
     own_sum: dict      # p -> [N, C]
     own_sq: dict       # p -> [N, C]
     nbr_sum: dict      # p -> [N, D, C]
@@ -33,7 +33,7 @@ class Moments:
 
 def zero_moments(spec: PermutationSpec, n: int, d: int) -> Moments:
     z = lambda *s: jnp.zeros(s, jnp.float32)  # noqa: E731
-    return Moments(count={p: z() for p in spec.sizes}, own_sum={p: z(n, c) for p, c in spec.sizes.items()},
+    return Moments(count={p: z(n) for p in spec.sizes}, own_sum={p: z(n, c) for p, c in spec.sizes.items()},
                    own_sq={p: z(n, c) for p, c in spec.sizes.items()},
                    nbr_sum={p: z(n, d, c) for p, c in spec.sizes.items()},
                    nbr_sq={p: z(n, d, c) for p, c in spec.sizes.items()},
@@ -72,7 +72,7 @@ def make_stats_step(model, spec: PermutationSpec, preprocess, strategy: str = "a
                                   nbr_sum=dict(m.nbr_sum), nbr_sq=dict(m.nbr_sq), cross=dict(m.cross))
         for p, f in feats.items():
             f = f.reshape(n, l, -1, f.shape[-1])                 # [N, L, S, C]
-            new.count[p] = m.count[p] + f.shape[2]
+            new.count[p] = m.count[p] + f.shape[2]  # [N] (the same for every receiver)
             own = f[:, 0]                                        # [N, S, C]
             nb = f[nbr, src_block]                               # [N, D, S, C]
             new.own_sum[p] = m.own_sum[p] + own.sum(1)
@@ -93,16 +93,61 @@ def correlations(m: Moments, eps: float = 1e-7) -> dict[str, np.ndarray]:
     """
     out = {}
     for p in m.cross:
-        count = float(m.count[p])
-        mu_i = np.asarray(m.own_sum[p], np.float64) / count                 # [N, C]
-        var_i = np.asarray(m.own_sq[p], np.float64) / count - mu_i ** 2
-        mu_j = np.asarray(m.nbr_sum[p], np.float64) / count                 # [N, D, C]
-        var_j = np.asarray(m.nbr_sq[p], np.float64) / count - mu_j ** 2
+        count = np.asarray(m.count[p], np.float64)                           # [N]
+        c2, c3, c4 = count[:, None], count[:, None, None], count[:, None, None, None]
+        mu_i = np.asarray(m.own_sum[p], np.float64) / c2                     # [N, C]
+        var_i = np.asarray(m.own_sq[p], np.float64) / c2 - mu_i ** 2
+        mu_j = np.asarray(m.nbr_sum[p], np.float64) / c3                     # [N, D, C]
+        var_j = np.asarray(m.nbr_sq[p], np.float64) / c3 - mu_j ** 2
         sd_i = np.sqrt(np.maximum(var_i, 0.0))
         sd_j = np.sqrt(np.maximum(var_j, 0.0))
-        cov = np.asarray(m.cross[p], np.float64) / count - mu_i[:, None, :, None] * mu_j[:, :, None, :]
+        cov = np.asarray(m.cross[p], np.float64) / c4 - mu_i[:, None, :, None] * mu_j[:, :, None, :]
         denom = sd_i[:, None, :, None] * sd_j[:, :, None, :]
         corr = cov / np.maximum(denom, eps)
         corr = np.where(denom > 0, corr, 0.0)
         out[p] = corr.astype(np.float32)
     return out
+
+
+def make_sharded_stats_step(model, spec: PermutationSpec, preprocess, mesh, plan, strategy: str = "auto") -> Callable:
+    """:func:`make_stats_step` for agents sharded over a mesh, receiver-major: every device fetches
+    its receivers' neighbour *models* (``plan``: collective-permutes for sparse graphs, an
+    all-gather for dense ones) and runs them on its own agents' batches, so no feature map crosses
+    devices. Jitted ``step(moments, variables, x_all, idx [N, B]) -> moments``."""
+    from dimat_jax.distributed import candidates, sharded
+    features = feature_fn(model, spec, preprocess)
+    cand_table = np.asarray(plan.cand)
+    slots = cand_table.shape[1]
+
+    def local(m, variables, idx, cand, x_all):
+        pool = candidates(variables, plan)
+        shapes = jax.eval_shape(features, jax.tree.map(lambda v: v[0], variables), x_all[idx[0]])
+        samples = {p: a.shape[0] for p, a in shapes.items()}  # B·h·w per feature point (static)
+
+        def receiver(args):
+            own, batch_idx, c = args
+            x = x_all[batch_idx]
+            f_own = features(own, x)
+            f_nb = [features(jax.tree.map(lambda v: v[c[s]], pool), x) for s in range(slots)]
+            out = {}
+            for p, fo in f_own.items():
+                nb = jnp.stack([f[p] for f in f_nb])                               # [S, samples, C]
+                out[p] = (fo.sum(0), jnp.square(fo).sum(0), nb.sum(1), jnp.square(nb).sum(1),
+                          jnp.einsum("sc,dse->dce", fo, nb, precision=jax.lax.Precision.HIGHEST))
+            return out
+
+        sums = over_agents(receiver, strategy)((variables, idx, cand))
+        return Moments(count={p: m.count[p] + samples[p] for p in m.count},
+                       own_sum={p: m.own_sum[p] + sums[p][0] for p in m.own_sum},
+                       own_sq={p: m.own_sq[p] + sums[p][1] for p in m.own_sq},
+                       nbr_sum={p: m.nbr_sum[p] + sums[p][2] for p in m.nbr_sum},
+                       nbr_sq={p: m.nbr_sq[p] + sums[p][3] for p in m.nbr_sq},
+                       cross={p: m.cross[p] + sums[p][4] for p in m.cross})
+
+    fn = sharded(local, mesh, 4, 1)
+
+    @jax.jit
+    def step(m: Moments, variables, x_all, idx):
+        return fn(m, variables, idx, jnp.asarray(cand_table), x_all)
+
+    return step
