@@ -100,8 +100,11 @@ def init_state(model, tx: optax.GradientTransformation, image_shape, num_agents:
 
 
 def init_opt_state(tx: optax.GradientTransformation, params) -> Any:
-    """Fresh stacked optimizer state for stacked ``params``."""
-    return jax.jit(jax.vmap(tx.init))(params)
+    """Fresh stacked optimizer state for stacked ``params``, placed like them (sharded over the agents
+    mesh when they are: leaves created from nothing, like Adam's step count, must not land on one
+    device)."""
+    from dimat_jax.distributed import like_agents
+    return like_agents(jax.jit(jax.vmap(tx.init))(params), params)
 
 
 def num_params(params, per_agent: bool = True) -> int:
@@ -158,19 +161,23 @@ def make_agent_grads(model, preprocess, bn_mode: str = "ema") -> Callable:
 
 
 def make_train_step(model, tx: optax.GradientTransformation, preprocess, strategy: str = "auto",
-                    bn_mode: str = "ema", mesh=None):
+                    bn_mode: str = "ema", mesh=None, per_agent_data: bool = False):
     """Jitted ``step(state, x_train, y_train, idx, key[, bn_count]) -> (state, metrics)`` for all agents.
 
     ``x_train``/``y_train``: the whole (raw) training set on device, [n, H, W, C] / [n];
     ``idx``: int32 [N, B] batch indices per agent; ``key``: this step's key (agent a augments with
     ``fold_in(key, a)``); ``bn_count`` (only with ``bn_mode='cumulative'``): batches already in the
     BatchNorm statistics. ``metrics``: per-agent batch ``loss`` and ``accuracy``, each [N].
-    ``state`` is donated.
+    ``state`` is donated. With ``per_agent_data`` (several processes) ``x_train``/``y_train`` are
+    agent-local [N, n_max, ...] arrays and ``idx`` positions within each agent's shard.
     """
     grads_fn = make_agent_grads(model, preprocess, bn_mode)
 
-    def agent_step(agent, x_all, y_all, bn_count):
-        params, batch_stats, opt_state, idx, key = agent
+    def agent_step(agent, *shared):
+        if per_agent_data:
+            (params, batch_stats, opt_state, idx, key, x_all, y_all), (bn_count,) = agent, shared
+        else:
+            (params, batch_stats, opt_state, idx, key), (x_all, y_all, bn_count) = agent, shared
         grads, new_stats, loss, acc = grads_fn(params, batch_stats, x_all[idx], y_all[idx], key, bn_count)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
@@ -181,8 +188,9 @@ def make_train_step(model, tx: optax.GradientTransformation, preprocess, strateg
     @functools.partial(jax.jit, donate_argnums=(0,))
     def step(state: AgentState, x_all, y_all, idx, key, bn_count=None):
         keys = agent_keys(key, idx.shape[0])
-        (params, stats, opt), metrics = lifted(
-            (state.params, state.batch_stats, state.opt_state, idx, keys), x_all, y_all, bn_count)
+        agent = (state.params, state.batch_stats, state.opt_state, idx, keys)
+        shared = (bn_count,) if per_agent_data else (x_all, y_all, bn_count)
+        (params, stats, opt), metrics = lifted(agent + ((x_all, y_all) if per_agent_data else ()), *shared)
         return AgentState(params=params, batch_stats=stats, opt_state=opt), metrics
 
     return step
@@ -230,5 +238,6 @@ def evaluate(eval_step, variables: dict, test: TestSet) -> dict[str, np.ndarray]
     for b in range(test.x.shape[0]):
         l, c = eval_step(variables, test.x[b], test.y[b], test.mask[b])
         loss, correct = loss + l, correct + c
-    loss, correct = np.asarray(loss, np.float64), np.asarray(correct, np.float64)
+    from dimat_jax.distributed import to_host
+    loss, correct = to_host(loss).astype(np.float64), to_host(correct).astype(np.float64)
     return {"accuracy": correct / test.size, "loss": loss / test.size}

@@ -22,19 +22,27 @@ class CheckpointError(RuntimeError):
 
 
 def save_tree(path, tree, meta: dict) -> pathlib.Path:
-    """Write ``tree`` (orbax) and ``meta`` (JSON) to the new directory ``path`` atomically."""
+    """Write ``tree`` (orbax) and ``meta`` (JSON) to the new directory ``path`` atomically (every
+    process of a multi-process run calls this; orbax writes each process's shards, process 0 the rest)."""
     import orbax.checkpoint as ocp
+
+    from dimat_jax.distributed import barrier, is_primary
     path = pathlib.Path(path).absolute()
     if path.exists():
         raise CheckpointError(f"checkpoint {path} already exists; not overwriting it")
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = path.with_name(path.name + ".tmp")
+    if is_primary():
+        shutil.rmtree(tmp, ignore_errors=True)  # a previous attempt that died before the rename
+        tmp.mkdir(parents=True)
+    barrier("dimat_jax:save-tree-start")
     ckpt = ocp.StandardCheckpointer()
     ckpt.save(tmp / "state", tree)
     ckpt.wait_until_finished()
-    write_json(tmp / "meta.json", meta)
-    os.replace(tmp, path)
+    barrier("dimat_jax:save-tree-written")
+    if is_primary():
+        write_json(tmp / "meta.json", meta)
+        os.replace(tmp, path)
+    barrier("dimat_jax:save-tree-done")
     return path
 
 

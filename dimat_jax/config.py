@@ -111,6 +111,12 @@ def get_default_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict()
     c.mesh.devices = 1            # shard the agent axis over this many devices (0 = all); N must be divisible
 
+    c.distributed = ml_collections.ConfigDict()  # several processes (hosts): jax.distributed
+    c.distributed.enabled = False  # call jax.distributed.initialize (auto-detects TPU VMs and Slurm)
+    c.distributed.coordinator = ""  # "host:port" of process 0 when not auto-detected
+    c.distributed.num_processes = 0  # 0 = auto-detect
+    c.distributed.process_id = -1   # -1 = auto-detect
+
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_rounds = 1  # save the full state every K rounds (and at the end); 0 = never
     c.checkpoint.keep = 2         # checkpoints kept in <workdir>/checkpoints

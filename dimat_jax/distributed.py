@@ -51,6 +51,14 @@ def shard_agents(tree, mesh):
     return jax.device_put(tree, NamedSharding(mesh, P(AXIS)))
 
 
+def like_agents(tree, reference):
+    """Place ``tree`` (leaves [N, ...]) on the agents mesh of ``reference``'s first leaf, if it has one."""
+    sharding = jax.tree.leaves(reference)[0].sharding
+    if isinstance(sharding, NamedSharding) and AXIS in sharding.mesh.axis_names:
+        return jax.device_put(tree, NamedSharding(sharding.mesh, P(AXIS)))
+    return tree
+
+
 def replicate(tree, mesh):
     if mesh is None:
         return tree
@@ -149,3 +157,60 @@ def collectives(hlo_text: str) -> dict[str, int]:
         if n:
             counts[kind] = n
     return counts
+
+
+# ----------------------------------------------------------------------------- several processes
+def initialize(coordinator: str = "", num_processes: int = 0, process_id: int = -1) -> None:
+    """``jax.distributed.initialize``: auto-detected on TPU VMs and Slurm when no argument is given;
+    explicit ``coordinator`` ("host:port"), process count and id otherwise. CPU processes talk
+    through gloo collectives. Must run before any other JAX call."""
+    try:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    except Exception:  # noqa: BLE001 — older / newer JAX without this option: XLA's default
+        pass
+    jax.distributed.initialize(coordinator_address=coordinator or None, num_processes=num_processes or None,
+                               process_id=None if process_id < 0 else process_id)
+
+
+def multi_process() -> bool:
+    return jax.process_count() > 1
+
+
+def is_primary() -> bool:
+    """Process 0 writes logs, metrics and result files."""
+    return jax.process_index() == 0
+
+
+def to_host(x) -> np.ndarray:
+    """A (possibly sharded across processes) array as a full numpy array in every process."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def barrier(name: str) -> None:
+    if multi_process():
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
+def local_agents(mesh, num_agents: int) -> list[int]:
+    """Agents whose device belongs to this process (all of them with one process)."""
+    if mesh is None:
+        return list(range(num_agents))
+    devs = list(mesh.devices.flat)
+    k = num_agents // len(devs)
+    mine = {d.id for d in jax.local_devices()}
+    return [a for a in range(num_agents) if devs[a // k].id in mine]
+
+
+def per_agent_array(mesh, shards, source: np.ndarray, agents: list[int]):
+    """Global [N, n_max, ...] array (agent axis sharded) holding agent a's shard rows ``source[shards[a]]``
+    (zero-padded to the largest shard), built from this process's agents only."""
+    n_max = max(len(s) for s in shards)
+    block = np.zeros((len(agents), n_max) + source.shape[1:], source.dtype)
+    for row, a in enumerate(agents):
+        block[row, :len(shards[a])] = source[shards[a]]
+    global_shape = (len(shards), n_max) + source.shape[1:]
+    return jax.make_array_from_process_local_data(NamedSharding(mesh, P(AXIS)), block, global_shape)

@@ -76,6 +76,10 @@ def main(argv):
     if _DRY_RUN.value:
         print(config)
         return
+    if config.distributed.enabled:  # before any other JAX call
+        from dimat_jax import distributed
+        distributed.initialize(config.distributed.coordinator, config.distributed.num_processes,
+                               config.distributed.process_id)
     from dimat_jax import train
     from dimat_jax.checkpoint import CheckpointError
     from dimat_jax.data import DataError, PartitionError

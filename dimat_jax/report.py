@@ -36,17 +36,20 @@ def write_json(path, obj) -> None:
 class MetricsWriter:
     """Appends one JSON object per line to ``<workdir>/metrics.jsonl``, flushed after each record."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, enabled: bool = True):
         self.path = pathlib.Path(workdir) / METRICS_FILE
         self.records: list[dict] = []
+        self.enabled = enabled  # False on every process but the first of a multi-process run
 
     def write(self, record: dict) -> None:
         record = _jsonable(record)
+        self.records.append(record)
+        if not self.enabled:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        self.records.append(record)
 
 
 def read_metrics(path) -> list[dict]:

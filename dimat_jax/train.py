@@ -101,6 +101,7 @@ class Context:
     counter: comms.Counter
     t0: float
     mesh: object = None       # the agents mesh (distributed.py) or None on one device
+    per_agent_data: bool = False  # several processes: x_train/y_train are agent-local [N, n_max, ...]
     epoch: int = 0            # cumulative local epochs
     local_steps: int = 0      # cumulative local steps per agent
     writer: report.MetricsWriter | None = None
@@ -130,7 +131,8 @@ class Context:
         if key not in self._steps:
             tx = self.optimizer(phase)
             self._steps[key] = (tx, agents.make_train_step(self.model, tx, self.data.preprocess, self.strategy,
-                                                           bn_mode=bn_mode, mesh=self.mesh))
+                                                           bn_mode=bn_mode, mesh=self.mesh,
+                                                           per_agent_data=self.per_agent_data))
         return self._steps[key]
 
     def evaluate(self, variables: dict) -> dict:
@@ -166,7 +168,7 @@ def train_epochs(ctx: Context, state: agents.AgentState, step_fn, first_epoch: i
                unit="step")
     prev, t = None, 0
     for e in range(first_epoch, first_epoch + num_epochs):
-        idx = jnp.asarray(epoch_batches(ctx.data.shards, cfg.seed, e, steps, cfg.batch_size))
+        idx = jnp.asarray(epoch_batches(ctx.data.shards, cfg.seed, e, steps, cfg.batch_size, ctx.per_agent_data))
         for s in range(steps):
             extra = extra_args(e, s, t) if extra_args else ()
             state, m = step_fn(state, ctx.x_train, ctx.y_train, idx[s], jax.random.fold_in(key, e * steps + s),
@@ -177,12 +179,12 @@ def train_epochs(ctx: Context, state: agents.AgentState, step_fn, first_epoch: i
                 jax.block_until_ready(prev)
             prev = m["loss"]
             bar.update(1)
-        epoch_loss = np.asarray(loss_sum)
+        epoch_loss = distributed.to_host(loss_sum)
         check_finite(epoch_loss, f"epoch {e} ({desc})", bar)
         bar.set_postfix(loss=f"{float(np.mean(epoch_loss)) / ((e - first_epoch + 1) * steps):.4f}")
     bar.close()
     n = max(1, num_epochs * steps)
-    return state, {"loss": np.asarray(loss_sum) / n, "accuracy": np.asarray(acc_sum) / n}
+    return state, {"loss": distributed.to_host(loss_sum) / n, "accuracy": distributed.to_host(acc_sum) / n}
 
 
 def check_finite(per_agent_loss, where: str, bar=None) -> None:
@@ -231,14 +233,27 @@ def build_context(config, log=print) -> Context:
     except distributed.MeshError as e:
         raise ConfigError(str(e)) from e
     test = agents.TestSet(ds.x_test, ds.y_test, config.data.eval_batch_size)
-    if mesh is not None:  # data replicated on every device; agents sharded (see pretrain / restore)
+    per_agent = distributed.multi_process()
+    if per_agent:  # several processes: each keeps only its own agents' training data
+        if mesh is None or distributed.num_devices(mesh) != jax.device_count():
+            raise ConfigError(f"with {jax.process_count()} processes set mesh.devices = 0 (all "
+                              f"{jax.device_count()} devices) so that every process holds some agents")
+        if config.algorithm in ("cga", "swarmsgd") or config.merge_data == "global":
+            raise ConfigError(f"{config.algorithm if config.merge_data != 'global' else 'merge_data=global'} needs "
+                              "other agents' training data on every process; with several processes use another "
+                              "algorithm / merge_data='local'")
+        mine = distributed.local_agents(mesh, data.num_agents)
+        x_train = distributed.per_agent_array(mesh, data.shards, ds.x_train, mine)
+        y_train = distributed.per_agent_array(mesh, data.shards, ds.y_train, mine)
+    else:  # data replicated on every device; agents sharded (see pretrain / restore)
+        x_train = distributed.replicate(jnp.asarray(ds.x_train), mesh)
+        y_train = distributed.replicate(jnp.asarray(ds.y_train), mesh)
+    if mesh is not None:
         test.x, test.y, test.mask = distributed.replicate((test.x, test.y, test.mask), mesh)
-    return Context(config=config, data=data, model=model, steps_per_epoch=steps,
-                   x_train=distributed.replicate(jnp.asarray(ds.x_train), mesh),
-                   y_train=distributed.replicate(jnp.asarray(ds.y_train), mesh), test=test,
-                   eval_step=agents.make_eval_step(model, data.preprocess, strategy, mesh),
+    return Context(config=config, data=data, model=model, steps_per_epoch=steps, x_train=x_train,
+                   y_train=y_train, test=test, eval_step=agents.make_eval_step(model, data.preprocess, strategy, mesh),
                    progress=config.log.progress, log=log, counter=comms.Counter(data.num_agents),
-                   t0=time.perf_counter(), mesh=mesh)
+                   t0=time.perf_counter(), mesh=mesh, per_agent_data=per_agent)
 
 
 def build_topology(config) -> topology_lib.Topology | None:
@@ -286,14 +301,18 @@ def run(config: ml_collections.ConfigDict, workdir, log: Callable[[str], None] =
     current round, saves a checkpoint and raises :class:`RunInterrupted`; a second SIGINT aborts.
     """
     validate(config)
+    primary = distributed.is_primary()
+    if not primary:  # process 0 logs and writes the result files; every process computes
+        log = lambda *a, **k: None  # noqa: E731
     workdir = pathlib.Path(workdir)
     status = check_workdir(workdir, config)
+    distributed.barrier("dimat_jax:workdir-checked")
     if status == "finished":
         summary = json.loads((workdir / "summary.json").read_text())
         log(f"the run in {workdir} has already finished (final mean test accuracy "
             f"{100 * summary['final_mean_test_accuracy']:.2f} %); nothing to do")
         return summary
-    if status == "fresh":
+    if status == "fresh" and primary:
         report.write_json(workdir / "config.json", config.to_dict())
     ctx = build_context(config, log)
     ds, n = ctx.data.dataset, ctx.data.num_agents
@@ -305,13 +324,15 @@ def run(config: ml_collections.ConfigDict, workdir, log: Callable[[str], None] =
     if ceiling.min() < 1:
         log(f"class ceiling (share of test examples in classes an agent has seen): mean "
             f"{100 * ceiling.mean():.1f} %, per agent {', '.join(f'{100 * c:.1f}' for c in ceiling)}")
-    report.write_json(workdir / "partition.json", {
-        "partition": config.partition, "num_agents": n, "shard_sizes": [len(s) for s in ctx.data.shards],
-        "label_histograms": hist, "class_ceiling": ceiling})
+    if primary:
+        report.write_json(workdir / "partition.json", {
+            "partition": config.partition, "num_agents": n, "shard_sizes": [len(s) for s in ctx.data.shards],
+            "label_histograms": hist, "class_ceiling": ceiling})
     topo = build_topology(config)
     if topo is not None:
         summary = topo.summary()
-        report.write_json(workdir / "topology.json", {**summary, "matrices": [m.tolist() for m in topo.matrices]})
+        if primary:
+            report.write_json(workdir / "topology.json", {**summary, "matrices": [m.tolist() for m in topo.matrices]})
         log(f"topology {topo.name}: rho {summary['rho']:.4f}, spectral gap {summary['spectral_gap']:.4f}, "
             f"max degree {summary['max_degree']}" + (f", period {topo.period}" if topo.time_varying else ""))
 
@@ -321,7 +342,7 @@ def run(config: ml_collections.ConfigDict, workdir, log: Callable[[str], None] =
     if start is None:
         _set_aside_metrics(workdir, 0, log)
         state, train_stats = pretrain(ctx)
-        ctx.writer = report.MetricsWriter(workdir)
+        ctx.writer = report.MetricsWriter(workdir, enabled=primary)
         ctx.emit(state.variables, round_=0, phase="trained", train=train_stats)
         state = algo.setup(state)
         start = 0
@@ -347,6 +368,9 @@ def run(config: ml_collections.ConfigDict, workdir, log: Callable[[str], None] =
 
     records = ctx.writer.records
     summary = summarize(records, config, n_params, time.perf_counter() - ctx.t0)
+    distributed.barrier("dimat_jax:run-finished")
+    if not primary:
+        return summary
     report.write_json(workdir / "summary.json", summary)
     if config.log.plot:
         report.plot_accuracy(records, workdir / "accuracy.png", ceiling=float(ceiling.mean()),
@@ -379,7 +403,7 @@ def _restore(ckpt, round_: int, ctx: Context, algo, workdir) -> agents.AgentStat
     ctx.t0 = time.perf_counter() - meta["wall_time_s"]
     algo.load_extra_state(meta["algorithm"])
     records = _set_aside_metrics(workdir, meta["records"], ctx.log)
-    ctx.writer = report.MetricsWriter(workdir)
+    ctx.writer = report.MetricsWriter(workdir, enabled=distributed.is_primary())
     ctx.writer.records = records
     ctx.log(f"resuming {workdir} after round {round_} of {c.rounds} (epoch {ctx.epoch})")
     return state
@@ -395,12 +419,13 @@ def _set_aside_metrics(workdir, keep: int, log) -> list[dict]:
     if len(lines) < keep:
         raise checkpoint.CheckpointError(f"{path} has {len(lines)} records but the checkpoint expects {keep}; "
                                          "it was edited or truncated. Nothing was changed.")
-    if len(lines) > keep:
+    if len(lines) > keep and distributed.is_primary():
         with open(pathlib.Path(workdir) / "metrics.discarded.jsonl", "a") as f:
             f.write("\n".join(lines[keep:]) + "\n")
         path.write_text("".join(line + "\n" for line in lines[:keep]))
         log(f"{len(lines) - keep} metrics record(s) written after the last checkpoint were moved to "
             "metrics.discarded.jsonl (they are recomputed now)")
+    distributed.barrier("dimat_jax:metrics-set-aside")
     return [json.loads(line) for line in lines[:keep]]
 
 

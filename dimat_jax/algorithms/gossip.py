@@ -73,7 +73,7 @@ def cga_direction(g_slots, self_weight, nbr_weight, sweeps: int):
 
 
 def make_gossip_step(model, preprocess, kind: str, *, strategy: str = "auto", momentum: float = 0.9,
-                     bn_mode: str = "ema", qp_sweeps: int = 200, mesh=None, plan=None):
+                     bn_mode: str = "ema", qp_sweeps: int = 200, mesh=None, plan=None, per_agent_data: bool = False):
     """Jitted ``step(state, x_all, y_all, idx, key, mixing, lr[, nbr, nbr_weight]) -> (state, metrics)``.
 
     ``idx`` int [N, B]; ``mixing``: this step's mixing matrix W [N, N] (dense mixing), or, with a
@@ -106,6 +106,10 @@ def make_gossip_step(model, preprocess, kind: str, *, strategy: str = "auto", mo
             g, new_stats, loss, acc = per_slot(idx_slots, keys)
             own_stats = jax.tree.map(lambda x: x[0], new_stats)
             return cga_direction(g, self_w, nbr_w, qp_sweeps), own_stats, loss[0], acc[0]
+    elif per_agent_data:  # several processes: each agent's data lives with the agent
+        def agent_grads(agent):
+            params, stats, idx, key, x_own, y_own = agent
+            return grads_fn(params, stats, x_own[idx], y_own[idx], key)
     else:
         def agent_grads(agent, x_all, y_all):
             params, stats, idx, key = agent
@@ -122,6 +126,8 @@ def make_gossip_step(model, preprocess, kind: str, *, strategy: str = "auto", mo
             idx_slots = jnp.concatenate([idx[:, None], idx[nbr]], axis=1)  # [N, D+1, B]
             g, stats, loss, acc = lifted((x, state.batch_stats, idx_slots, keys, self_weights(w), nbr_weight),
                                          x_all, y_all)
+        elif per_agent_data:
+            g, stats, loss, acc = lifted((x, state.batch_stats, idx, keys, x_all, y_all))
         else:
             g, stats, loss, acc = lifted((x, state.batch_stats, idx, keys), x_all, y_all)
         opt = dict(state.opt_state)
@@ -153,7 +159,8 @@ def init_opt_state(kind: str, params) -> dict:
     if kind in ("cdmsgd", "cga"):
         return {"momentum": jax.tree.map(jnp.zeros_like, params)}
     if kind == "sgp_pushsum":
-        return {"push_weight": jnp.ones((n,), jnp.float32)}
+        from dimat_jax.distributed import like_agents
+        return {"push_weight": like_agents(jnp.ones((n,), jnp.float32), params)}
     return {}
 
 
@@ -166,7 +173,8 @@ class Gossip:
         self.ctx, self.topology, self.kind = ctx, topology, c.algorithm
         build = lambda plan=None: make_gossip_step(  # noqa: E731
             ctx.model, ctx.data.preprocess, self.kind, strategy=ctx.strategy, momentum=b.momentum,
-            bn_mode="frozen" if b.bn_frozen else "ema", qp_sweeps=b.cga_qp_iters, mesh=ctx.mesh, plan=plan)
+            bn_mode="frozen" if b.bn_frozen else "ema", qp_sweeps=b.cga_qp_iters, mesh=ctx.mesh, plan=plan,
+            per_agent_data=ctx.per_agent_data)
         # one compiled step per mixing matrix when it needs its own exchange plan (sparse graph on a mesh)
         self.steps, self.mixing = [], []
         dense_step = None

@@ -40,7 +40,7 @@ def make_merger(ctx, variables) -> Merger:
         matcher.needs_activations = False
     spec = permutation_spec(c.model, jax.tree.map(lambda x: x[0], variables))
     return Merger(ctx.model, spec, ctx.data.preprocess, strategy=ctx.strategy, matcher=matcher,
-                  augment=c.merge.augment, seed=c.seed, mesh=ctx.mesh)
+                  augment=c.merge.augment, seed=c.seed, mesh=ctx.mesh, per_agent_data=ctx.per_agent_data)
 
 
 class MergeFamily:
@@ -69,7 +69,8 @@ class MergeFamily:
         if w.tobytes() not in self.hoods:
             self.hoods[w.tobytes()] = Neighbourhood.from_matrix(w)
         hood = self.hoods[w.tobytes()]
-        batches = merge_batches(ctx.data.shards, c.merge_data, c.merge.batch_size, c.merge.num_batches, c.seed, r)
+        batches = merge_batches(ctx.data.shards, c.merge_data, c.merge.batch_size, c.merge.num_batches, c.seed, r,
+                                positions=ctx.per_agent_data)
         merged, info = self.merger.merge(state.variables, hood, ctx.x_train, batches, shared_data=self.shared,
                                          reestimate_before=c.merge.bn_before, reestimate_after=c.merge.bn_after,
                                          key=jax.random.fold_in(jax.random.PRNGKey(c.seed), 0x3E + r))

@@ -29,9 +29,13 @@ def _pass_permutation(seed: int, agent: int, n: int, p: int) -> np.ndarray:
     return np.random.default_rng(np.random.SeedSequence([seed, agent, p, 0xBA7C])).permutation(n)
 
 
-def stream_positions(shard: np.ndarray, seed: int, agent: int, start: int, count: int) -> np.ndarray:
-    """Items ``start .. start+count-1`` of agent ``agent``'s endless shuffled stream over ``shard``."""
+def stream_positions(shard: np.ndarray, seed: int, agent: int, start: int, count: int,
+                     positions: bool = False) -> np.ndarray:
+    """Items ``start .. start+count-1`` of agent ``agent``'s endless shuffled stream over ``shard``:
+    training-set indices, or with ``positions`` the positions within the shard (the same examples)."""
     n = len(shard)
+    if positions:
+        shard = np.arange(n)
     out = np.empty(count, np.int64)
     pos, filled = start, 0
     while filled < count:
@@ -43,10 +47,11 @@ def stream_positions(shard: np.ndarray, seed: int, agent: int, start: int, count
     return out
 
 
-def epoch_batches(shards, seed: int, epoch: int, steps: int, batch_size: int) -> np.ndarray:
-    """Global training-set indices for one epoch: int32 [steps, N, batch_size]."""
+def epoch_batches(shards, seed: int, epoch: int, steps: int, batch_size: int, positions: bool = False) -> np.ndarray:
+    """Training-set indices for one epoch, int32 [steps, N, batch_size] (with ``positions``: positions
+    within each agent's shard, for agent-local data)."""
     per_epoch = steps * batch_size
-    cols = [stream_positions(s, seed, a, epoch * per_epoch, per_epoch).reshape(steps, batch_size)
+    cols = [stream_positions(s, seed, a, epoch * per_epoch, per_epoch, positions).reshape(steps, batch_size)
             for a, s in enumerate(shards)]
     return np.stack(cols, axis=1).astype(np.int32)
 

@@ -17,12 +17,16 @@ from dimat_jax.agents import over_agents
 from dimat_jax.merging.spec import flatten, unflatten
 
 
-def make_bn_moments_step(model, preprocess, strategy: str = "auto", augment: bool = False, mesh=None) -> Callable:
+def make_bn_moments_step(model, preprocess, strategy: str = "auto", augment: bool = False, mesh=None,
+                         per_agent_data: bool = False) -> Callable:
     """Jitted ``step(sums, variables, x_all, idx [N, B], key) -> sums`` adding every BN's batch
     moments (p -> [N, 2, C]: E[x], E[x²]) of each agent's batch ``x_all[idx[a]]`` in train mode."""
 
-    def agent_moments(agent, x_all):
-        variables, idx, key = agent
+    def agent_moments(agent, *shared):
+        if per_agent_data:
+            variables, idx, key, x_all = agent
+        else:
+            (variables, idx, key), (x_all,) = agent, shared
         x = x_all[idx]
         x = preprocess.train(key, x) if augment else preprocess.eval(x)
         _, state = model.apply(variables, x, train=True, mutable=["batch_stats", "bn_moments"])
@@ -34,7 +38,7 @@ def make_bn_moments_step(model, preprocess, strategy: str = "auto", augment: boo
     def step(sums, variables, x_all, idx, key):
         n = idx.shape[0]
         keys = jax.vmap(lambda a: jax.random.fold_in(key, a))(jnp.arange(n))
-        moments = lifted((variables, idx, keys), x_all)
+        moments = lifted((variables, idx, keys, x_all)) if per_agent_data else lifted((variables, idx, keys), x_all)
         if sums is None:
             return moments
         return jax.tree.map(jnp.add, sums, moments)

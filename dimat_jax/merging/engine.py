@@ -29,13 +29,14 @@ MERGE_DATA = ("local", "global")
 
 
 def merge_batches(shards, mode: str, batch_size: int, num_batches: int = 0, seed: int = 0,
-                  round_: int = 0) -> np.ndarray:
+                  round_: int = 0, positions: bool = False) -> np.ndarray:
     """Index batches for one merge round, int32 [T, N, B]: row a = the batch agent a uses.
 
     ``local``: each agent's own shard; ``global``: the union of all shards, the same batch for every
     agent. ``num_batches`` = 0 → one full pass (⌈largest shard / B⌉ steps for ``local``). Batches
     come from the same kind of seeded stream as training, under a separate seed, so bounded passes
-    see fresh examples each round.
+    see fresh examples each round. ``positions`` (agent-local data, ``local`` only): positions within
+    each agent's shard instead of training-set indices.
     """
     if mode not in MERGE_DATA:
         raise ValueError(f"merge_data must be one of {MERGE_DATA}, got {mode!r}")
@@ -43,7 +44,10 @@ def merge_batches(shards, mode: str, batch_size: int, num_batches: int = 0, seed
     merge_seed = seed * 1_000_003 + 0x3E76
     if mode == "local":
         steps = num_batches or math.ceil(max(len(s) for s in shards) / batch_size)
-        return epoch_batches(shards, merge_seed, round_, steps, batch_size)
+        return epoch_batches(shards, merge_seed, round_, steps, batch_size, positions)
+    if positions:
+        raise ValueError("merge data 'global' needs the whole training set on every device; with agent-local "
+                         "data (several processes) use merge_data='local'")
     union = np.sort(np.concatenate(shards))
     steps = num_batches or math.ceil(len(union) / batch_size)
     shared = epoch_batches([union], merge_seed, round_, steps, batch_size)  # [T, 1, B]
@@ -75,12 +79,15 @@ class Merger:
     """
 
     def __init__(self, model, spec: PermutationSpec, preprocess, *, strategy: str = "auto",
-                 matcher: str | Callable = "activation", augment: bool = False, seed: int = 0, mesh=None):
+                 matcher: str | Callable = "activation", augment: bool = False, seed: int = 0, mesh=None,
+                 per_agent_data: bool = False):
         self.model, self.spec, self.seed, self.mesh = model, spec, seed, mesh
+        self.per_agent_data = per_agent_data
         self.preprocess, self.strategy = preprocess, strategy
         self.matcher = matching.MATCHERS[matcher] if isinstance(matcher, str) else matcher
         self._stats_step = stats.make_stats_step(model, spec, preprocess, strategy)
-        self._bn_step = batchnorm.make_bn_moments_step(model, preprocess, strategy, augment=augment, mesh=mesh)
+        self._bn_step = batchnorm.make_bn_moments_step(model, preprocess, strategy, augment=augment, mesh=mesh,
+                                                       per_agent_data=per_agent_data)
         self._mix = make_mix(spec)
         self._sharded = {}  # neighbour lists -> (plan, stats step, mix) on the mesh
 
@@ -92,7 +99,8 @@ class Merger:
         if key not in self._sharded:
             plan = ExchangePlan.build(hood.nbr, num_devices(self.mesh))
             self._sharded[key] = (plan, stats.make_sharded_stats_step(self.model, self.spec, self.preprocess,
-                                                                      self.mesh, plan, self.strategy),
+                                                                      self.mesh, plan, self.strategy,
+                                                                      self.per_agent_data),
                                   make_sharded_mix(self.spec, self.mesh, plan))
         return self._sharded[key]
 

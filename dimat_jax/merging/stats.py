@@ -92,6 +92,8 @@ def correlations(m: Moments, eps: float = 1e-7) -> dict[str, np.ndarray]:
     cov = E[f_i f_jᵀ] − μ_i μ_jᵀ; corr = cov / max(σ_i σ_jᵀ, eps); a dead unit (σ = 0) gives 0.
     """
     out = {}
+    from dimat_jax.distributed import to_host
+    m = jax.tree.map(to_host, m)  # sharded (possibly across processes) -> numpy
     for p in m.cross:
         count = np.asarray(m.count[p], np.float64)                           # [N]
         c2, c3, c4 = count[:, None], count[:, None, None], count[:, None, None, None]
@@ -109,7 +111,8 @@ def correlations(m: Moments, eps: float = 1e-7) -> dict[str, np.ndarray]:
     return out
 
 
-def make_sharded_stats_step(model, spec: PermutationSpec, preprocess, mesh, plan, strategy: str = "auto") -> Callable:
+def make_sharded_stats_step(model, spec: PermutationSpec, preprocess, mesh, plan, strategy: str = "auto",
+                            per_agent_data: bool = False) -> Callable:
     """:func:`make_stats_step` for agents sharded over a mesh, receiver-major: every device fetches
     its receivers' neighbour *models* (``plan``: collective-permutes for sparse graphs, an
     all-gather for dense ones) and runs them on its own agents' batches, so no feature map crosses
@@ -121,12 +124,13 @@ def make_sharded_stats_step(model, spec: PermutationSpec, preprocess, mesh, plan
 
     def local(m, variables, idx, cand, x_all):
         pool = candidates(variables, plan)
-        shapes = jax.eval_shape(features, jax.tree.map(lambda v: v[0], variables), x_all[idx[0]])
+        x0 = x_all[0][idx[0]] if per_agent_data else x_all[idx[0]]
+        shapes = jax.eval_shape(features, jax.tree.map(lambda v: v[0], variables), x0)
         samples = {p: a.shape[0] for p, a in shapes.items()}  # B·h·w per feature point (static)
 
         def receiver(args):
-            own, batch_idx, c = args
-            x = x_all[batch_idx]
+            own, batch_idx, c, x_own = args
+            x = x_own[batch_idx] if per_agent_data else x_all[batch_idx]
             f_own = features(own, x)
             f_nb = [features(jax.tree.map(lambda v: v[c[s]], pool), x) for s in range(slots)]
             out = {}
@@ -136,7 +140,8 @@ def make_sharded_stats_step(model, spec: PermutationSpec, preprocess, mesh, plan
                           jnp.einsum("sc,dse->dce", fo, nb, precision=jax.lax.Precision.HIGHEST))
             return out
 
-        sums = over_agents(receiver, strategy)((variables, idx, cand))
+        # the receiver's own data rides along when data is agent-local (else a placeholder: x_all is shared)
+        sums = over_agents(receiver, strategy)((variables, idx, cand, x_all if per_agent_data else cand))
         return Moments(count={p: m.count[p] + samples[p] for p in m.count},
                        own_sum={p: m.own_sum[p] + sums[p][0] for p in m.own_sum},
                        own_sq={p: m.own_sq[p] + sums[p][1] for p in m.own_sq},
@@ -144,7 +149,7 @@ def make_sharded_stats_step(model, spec: PermutationSpec, preprocess, mesh, plan
                        nbr_sq={p: m.nbr_sq[p] + sums[p][3] for p in m.nbr_sq},
                        cross={p: m.cross[p] + sums[p][4] for p in m.cross})
 
-    fn = sharded(local, mesh, 4, 1)
+    fn = sharded(local, mesh, 5) if per_agent_data else sharded(local, mesh, 4, 1)
 
     @jax.jit
     def step(m: Moments, variables, x_all, idx):
