@@ -17,6 +17,7 @@ import ml_collections
 
 from dimat_jax import topology
 from dimat_jax.agents import STRATEGIES
+from dimat_jax.models.conv import FILTER_GRADS
 from dimat_jax.data.partition import PARTITIONS
 from dimat_jax.data.pipeline import AUGMENTATIONS
 from dimat_jax.data.sources import DATASETS
@@ -107,6 +108,7 @@ def get_default_config() -> ml_collections.ConfigDict:
 
     c.agents = ml_collections.ConfigDict()
     c.agents.strategy = "auto"    # auto | vmap | unrolled | map (see dimat_jax/agents.py)
+    c.agents.conv_filter_grad = "auto"  # auto | xla | taps: conv filter gradients (dimat_jax/models/conv.py)
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.devices = 1            # shard the agent axis over this many devices (0 = all); N must be divisible
@@ -133,6 +135,7 @@ _CHOICES = {
     "topology": topology.TOPOLOGIES + tuple(topology.ALIASES),
     "optimizer": OPTIMIZERS + tuple(OPTIMIZER_ALIASES), "pretrain.optimizer": OPTIMIZERS + tuple(OPTIMIZER_ALIASES),
     "data.normalization": NORMALIZATIONS, "data.augment": AUGMENTATIONS, "agents.strategy": STRATEGIES,
+    "agents.conv_filter_grad": FILTER_GRADS,
     "merge_data": MERGE_DATA,
 }
 

@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from dimat_jax import agents, algorithms, checkpoint, comms, distributed, report
+from dimat_jax import agents, algorithms, checkpoint, comms, distributed, report, runtime
 from dimat_jax import topology as topology_lib
 from dimat_jax.algorithms import TOPOLOGY_NEEDS
 from dimat_jax.config import ConfigError, validate
@@ -225,7 +225,7 @@ def build_context(config, log=print) -> Context:
     data = prepare(config)
     ds = data.dataset
     check_input_shape(config.model, ds.image_shape)
-    model = build_model(config.model, ds.num_classes, config.width)
+    model = build_model(config.model, ds.num_classes, config.width, config.agents.conv_filter_grad)
     steps = steps_per_epoch([len(s) for s in data.shards], config.batch_size, config.data.steps_per_epoch)
     strategy = agents.resolve_strategy(config.agents.strategy)
     try:
@@ -353,8 +353,12 @@ def run(config: ml_collections.ConfigDict, workdir, log: Callable[[str], None] =
     where = (f"sharded over {distributed.num_devices(ctx.mesh)} {jax.default_backend()} devices (shard_map, "
              f"{ctx.strategy} within each)" if ctx.mesh is not None else
              f"strategy {ctx.strategy} on {jax.default_backend()} ({jax.device_count()} device(s) visible)")
+    where += f", conv filter gradients: {ctx.model.conv_filter_grad}"
     log(f"model {config.model} (width {config.width:g}): {n_params:,} parameters per agent; {n} agent(s); "
         f"{ctx.steps_per_epoch} steps/epoch of batch {config.batch_size}; {where}; algorithm {config.algorithm}")
+    hint = runtime.allocator_hint(jax.default_backend())
+    if hint:
+        log(hint)
 
     with _graceful_stop(log) as stop:
         for r in range(start + 1, config.rounds + 1):

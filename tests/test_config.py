@@ -61,6 +61,7 @@ def _bad(**changes):
     ({"topology": "star"}, "'topology'"),
     ({"optimizer": "rmsprop"}, "'optimizer'"),
     ({"agents.strategy": "pmap"}, "'agents.strategy'"),
+    ({"agents.conv_filter_grad": "im2col"}, "'agents.conv_filter_grad' = 'im2col' is not allowed; choose one of auto, xla, taps"),
     ({"num_agents": 0}, "num_agents must be >= 1"),
     ({"width": -1.0}, "width must be > 0"),
     ({"num_agents": 11, "partition": "noniid"}, "noniid"),

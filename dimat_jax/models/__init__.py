@@ -18,14 +18,18 @@ class ModelError(ValueError):
     """A model cannot be built for these inputs; the message says why."""
 
 
-def build_model(name: str, num_classes: int, width: float = 1.0) -> nn.Module:
-    """Model ``name`` ('cnn' | 'resnet20' | 'vgg16') with ``num_classes`` outputs and width multiplier."""
+def build_model(name: str, num_classes: int, width: float = 1.0, conv_filter_grad: str = "xla") -> nn.Module:
+    """Model ``name`` ('cnn' | 'resnet20' | 'vgg16') with ``num_classes`` outputs and width multiplier;
+    ``conv_filter_grad`` ('auto' | 'xla' | 'taps', models/conv.py) only changes how training computes
+    convolution filter gradients, never the function or the parameters."""
     if width <= 0:
         raise ModelError(f"width must be > 0, got {width}")
     classes = {"cnn": SmallCNN, "resnet20": ResNet20, "vgg16": VGG16}
     if name not in classes:
         raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    return classes[name](num_classes=num_classes, width=float(width))
+    from dimat_jax.models.conv import resolve_filter_grad
+    return classes[name](num_classes=num_classes, width=float(width),
+                         conv_filter_grad=resolve_filter_grad(conv_filter_grad))
 
 
 def check_input_shape(name: str, image_shape) -> None:

@@ -19,12 +19,13 @@ def channels(base: int, width: float) -> int:
 class SmallCNN(nn.Module):
     num_classes: int
     width: float = 1.0
+    conv_filter_grad: str = "xla"  # 'xla' | 'taps' (models/conv.py)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         """x: [B, H, W, C] normalised images -> logits [B, num_classes]."""
         for i, base in enumerate((32, 64, 128), start=1):
-            x = conv3x3(channels(base, self.width), f"conv{i}", use_bias=True)(x)
+            x = conv3x3(channels(base, self.width), f"conv{i}", use_bias=True, filter_grad=self.conv_filter_grad)(x)
             x = nn.relu(BatchNorm(name=f"bn{i}")(x, train))
             sow_feature(self, f"relu{i}", x)
             if i == 2:

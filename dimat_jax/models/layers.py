@@ -4,14 +4,18 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from dimat_jax.models.conv import conv_function
+
 # torch.nn.init.kaiming_normal_ defaults (fan_in, gain sqrt(2), untruncated normal), as the reference.
 kaiming_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
-def conv3x3(features: int, name: str, stride: int = 1, use_bias: bool = False) -> nn.Conv:
-    """3x3 convolution with PyTorch's symmetric padding of 1 (also for stride 2)."""
+def conv3x3(features: int, name: str, stride: int = 1, use_bias: bool = False, filter_grad: str = "xla") -> nn.Conv:
+    """3x3 convolution with PyTorch's symmetric padding of 1 (also for stride 2); ``filter_grad``
+    ('xla' | 'taps') picks how its filter gradient is computed (see models/conv.py)."""
     return nn.Conv(features, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)),
-                   use_bias=use_bias, kernel_init=kaiming_normal, name=name)
+                   use_bias=use_bias, kernel_init=kaiming_normal, name=name,
+                   conv_general_dilated=conv_function(filter_grad))
 
 
 def dense(features: int, name: str) -> nn.Dense:

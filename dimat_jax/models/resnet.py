@@ -23,31 +23,33 @@ class BasicBlock(nn.Module):
     features: int
     stride: int = 1
     projection: bool = False
+    conv_filter_grad: str = "xla"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-        y = conv3x3(self.features, "conv1", self.stride)(x)
+        y = conv3x3(self.features, "conv1", self.stride, filter_grad=self.conv_filter_grad)(x)
         y = sow_feature(self, "relu1", nn.relu(BatchNorm(name="bn1")(y, train)))
-        y = BatchNorm(name="bn2")(conv3x3(self.features, "conv2")(y), train)
+        y = BatchNorm(name="bn2")(conv3x3(self.features, "conv2", filter_grad=self.conv_filter_grad)(y), train)
         if self.projection:
-            x = BatchNorm(name="shortcut_bn")(conv3x3(self.features, "shortcut_conv", self.stride)(x), train)
+            x = BatchNorm(name="shortcut_bn")(conv3x3(self.features, "shortcut_conv", self.stride, filter_grad=self.conv_filter_grad)(x), train)
         return sow_feature(self, "out", nn.relu(y + x))
 
 
 class ResNet20(nn.Module):
     num_classes: int
     width: float = 1.0
+    conv_filter_grad: str = "xla"  # 'xla' | 'taps' (models/conv.py)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         """x: [B, H, W, C] -> logits [B, num_classes]."""
-        x = conv3x3(channels(16, self.width), "stem_conv")(x)
+        x = conv3x3(channels(16, self.width), "stem_conv", filter_grad=self.conv_filter_grad)(x)
         x = sow_feature(self, "stem", nn.relu(BatchNorm(name="stem_bn")(x, train)))
         for s, base in enumerate((16, 32, 64), start=1):
             for b in range(1, 4):
                 down = s > 1 and b == 1
                 x = BasicBlock(channels(base, self.width), stride=2 if down else 1, projection=down,
-                               name=f"stage{s}_block{b}")(x, train)
+                               conv_filter_grad=self.conv_filter_grad, name=f"stage{s}_block{b}")(x, train)
         x = x.mean(axis=(1, 2))
         return dense(self.num_classes, "head")(x)
 

@@ -20,6 +20,7 @@ MIN_INPUT_SIZE = 32
 class VGG16(nn.Module):
     num_classes: int
     width: float = 1.0
+    conv_filter_grad: str = "xla"  # 'xla' | 'taps' (models/conv.py)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -30,7 +31,7 @@ class VGG16(nn.Module):
                 x = nn.max_pool(x, (2, 2), (2, 2))
                 continue
             i += 1
-            x = conv3x3(channels(item, self.width), f"conv{i}", use_bias=True)(x)
+            x = conv3x3(channels(item, self.width), f"conv{i}", use_bias=True, filter_grad=self.conv_filter_grad)(x)
             x = sow_feature(self, f"relu{i}", nn.relu(BatchNorm(name=f"bn{i}")(x, train)))
         x = x.reshape(x.shape[0], -1)
         return dense(self.num_classes, "head")(x)

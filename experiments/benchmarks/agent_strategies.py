@@ -10,6 +10,7 @@ called one after the other. ``shard_map`` shards the agents over every visible d
 start with XLA_FLAGS=--xla_force_host_platform_device_count=N to get N virtual devices; the agent
 count must be divisible by the device count). Strategies are timed in alternating repetitions
 (round-robin) after a warm-up/compile step; the table shows medians. Prints a table, writes JSON.
+On CPU, start it with LD_PRELOAD=libtcmalloc_minimal.so.4 to time under tcmalloc (see runtime.py).
 """
 from __future__ import annotations
 
@@ -23,15 +24,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dimat_jax import agents
+from dimat_jax import agents, runtime
 from dimat_jax.data.pipeline import Preprocess
 from dimat_jax.models import build_model
+from dimat_jax.models.conv import resolve_filter_grad
 from dimat_jax.optim import make_optimizer
 from dimat_jax.report import table
 
 
 def build(args, agents_n):
-    model = build_model(args.model, 10, args.width)
+    model = build_model(args.model, 10, args.width, args.conv_filter_grad)
     shape = (args.size, args.size, 3)
     tx = make_optimizer("adam", 1e-3)
     pre = Preprocess((0.5,) * 3, (0.25,) * 3, 255.0, "crop_flip", 4)
@@ -74,6 +76,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="resnet20")
     p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--conv-filter-grad", default="auto", help="auto | xla | taps (dimat_jax/models/conv.py)")
     p.add_argument("--agents", default="5", help="agent count(s), comma separated")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--size", type=int, default=32)
@@ -110,12 +113,15 @@ def main():
     device = jax.devices()[0]
     print(f"{args.model} w={args.width:g}, batch {args.batch} per agent, {args.size}x{args.size}x3, Adam; backend "
           f"{jax.default_backend()} ({device.device_kind}, {jax.device_count()} device(s)), "
-          f"{platform.processor() or platform.machine()}, jax {jax.__version__}; median of {args.reps}")
+          f"{platform.processor() or platform.machine()}, jax {jax.__version__}, malloc {runtime.malloc_in_use()}, conv filter grad "
+          f"{resolve_filter_grad(args.conv_filter_grad)}; "
+          f"median of {args.reps}")
     print(table(rows, ["agents", "strategy", "s/step", "images/s", "vs separate", "compile s"]))
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"config": vars(args), "backend": jax.default_backend(), "device": device.device_kind,
-                       "jax": jax.__version__, "results": results}, f, indent=2)
+                       "jax": jax.__version__, "malloc": runtime.malloc_in_use(),
+                       "conv_filter_grad": resolve_filter_grad(args.conv_filter_grad), "results": results}, f, indent=2)
 
 
 if __name__ == "__main__":

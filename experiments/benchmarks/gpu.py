@@ -35,6 +35,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--agents", type=int, default=5)
     p.add_argument("--width", type=float, default=8.0)
+    p.add_argument("--conv-filter-grad", default="auto", help="auto | xla | taps (dimat_jax/models/conv.py)")
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--strategy", default="auto")
@@ -56,7 +57,7 @@ def main():
     from dimat_jax.topology import build as build_topology
 
     n, b = args.agents, args.batch
-    model = build_model("resnet20", 10, args.width)
+    model = build_model("resnet20", 10, args.width, args.conv_filter_grad)
     tx = make_optimizer("adam", 1e-3)
     pre = Preprocess((0.5,) * 3, (0.25,) * 3, 255.0, "crop_flip", 4)
     rng = np.random.default_rng(0)
@@ -84,7 +85,7 @@ def main():
     kind = jax.devices()[0].device_kind
     peak = (args.peak_tflops, args.peak_tflops) if args.peak_tflops else peak_for(kind)
     result = {"device": kind, "backend": jax.default_backend(), "jax": jax.__version__,
-              "strategy": agents.resolve_strategy(args.strategy), "agents": n, "width": args.width, "batch": b,
+              "strategy": agents.resolve_strategy(args.strategy), "conv_filter_grad": model.conv_filter_grad, "agents": n, "width": args.width, "batch": b,
               "params_per_agent": agents.num_params(state.params), "compile_s": compile_s, "step_s": step_s,
               "images_per_s": n * b / step_s, "flops_per_step": flops,
               "achieved_tflops": flops / step_s / 1e12 if flops else None}
@@ -103,7 +104,10 @@ def main():
     result["merge_round_s"] = {"bn_before": info.bn_before_s, "statistics": info.stats_s, "lsa": info.match_s,
                                "mix": info.mix_s, "bn_after": info.bn_after_s, "total": info.total_s,
                                "data_passes": info.data_passes}
-    print(json.dumps(result, indent=2))
+    from dimat_jax.report import table
+    rows = [[k, f"{v:.4g}" if isinstance(v, float) else v] for k, v in result.items() if k != "merge_round_s"]
+    rows += [[f"merge round: {k}", f"{v:.4g}" if isinstance(v, float) else v] for k, v in result["merge_round_s"].items()]
+    print(table(rows, ["quantity", "value"]))
     print(f"\n{kind}: {result['images_per_s']:.0f} images/s ({n} agents x {b}, ResNet-20 w={args.width:g}, "
           f"{result['params_per_agent'] / 1e6:.1f} M params/agent), {step_s * 1e3:.1f} ms/step, compile {compile_s:.0f} s"
           + (f", {result['achieved_tflops']:.1f} TFLOP/s" if flops else "")

@@ -106,7 +106,7 @@ def jax_runner(args, x_u8, y):
     from dimat_jax.data.pipeline import Preprocess
     from dimat_jax.models import build_model
     from dimat_jax.optim import make_optimizer
-    model = build_model("resnet20", 10, args.width)
+    model = build_model("resnet20", 10, args.width, args.conv_filter_grad)
     tx = make_optimizer("adam", 1e-3)
     pre = Preprocess((0.5,) * 3, (0.25,) * 3, 255.0, "crop_flip", 4)
     n, b = args.agents, args.batch
@@ -127,6 +127,7 @@ def main():
     p.add_argument("--agents", type=int, default=5)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--conv-filter-grad", default="auto", help="auto | xla | taps (dimat_jax/models/conv.py)")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--strategy", default="auto", help="JAX agent strategy")
     p.add_argument("--out", default="")
@@ -150,16 +151,21 @@ def main():
     med = {k: statistics.median(v) for k, v in times.items()}
     from dimat_jax.agents import resolve_strategy
     from dimat_jax.report import table
+    from dimat_jax.models.conv import resolve_filter_grad
+    from dimat_jax.runtime import malloc_in_use
     rows = [[k, f"{med[k]:.3f}", f"{images / med[k]:.0f}", f"{med[k] / med['jax']:.2f}"] for k in runners]
     print(f"ResNet-20 w={args.width:g}, {args.agents} agents x batch {args.batch}, Adam; JAX {jax.__version__} "
-          f"({jax.default_backend()}, strategy {resolve_strategy(args.strategy)}), PyTorch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), {platform.machine()}; median of {args.reps} alternating reps")
-    print(table(rows, ["implementation", "s/step", "images/s", "JAX speed-up"]))
+          f"({jax.default_backend()}, strategy {resolve_strategy(args.strategy)}, conv filter grad "
+          f"{resolve_filter_grad(args.conv_filter_grad)}), PyTorch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), {platform.machine()}, malloc {malloc_in_use()}; "
+          f"median of {args.reps} alternating reps")
+    print(table(rows, ["implementation", "s/step", "images/s", "time vs JAX"]))
     print(f"JAX / PyTorch eager throughput: {med['torch'] / med['jax']:.2f}x (NCHW), "
           f"{med['torch channels_last'] / med['jax']:.2f}x (channels_last)")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"config": vars(args), "median_s": med, "all_s": times}, f, indent=2)
+            json.dump({"config": vars(args), "malloc": malloc_in_use(),
+                       "conv_filter_grad": resolve_filter_grad(args.conv_filter_grad), "median_s": med, "all_s": times}, f, indent=2)
 
 
 if __name__ == "__main__":
