@@ -79,3 +79,18 @@ def test_auto_mode_picks_taps_only_on_cpu_under_tcmalloc():
     assert resolve_filter_grad("taps", "gpu", "glibc") == "taps"
     with pytest.raises(ValueError, match="choose one of auto, xla, taps"):
         resolve_filter_grad("im2col")
+
+
+def test_taps_under_vmap_equals_per_agent_gradients():
+    """The vmap agent strategy batches the custom VJP: per-agent kernels, per-agent inputs."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 2, 6, 6, 2))   # [agents, B, H, W, C]
+    w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 2, 4))   # [agents, kh, kw, Cin, Cout]
+
+    def loss(wi, xi):
+        return (conv_taps(xi, wi, (2, 2), ((1, 1), (1, 1))) ** 2).sum()
+
+    got = jax.vmap(jax.grad(loss))(w, x)
+    want = [jax.grad(lambda wi, xi: (lax.conv_general_dilated(xi, wi, (2, 2), ((1, 1), (1, 1)),
+                                                              dimension_numbers=DN) ** 2).sum())(w[a], x[a])
+            for a in range(3)]
+    np.testing.assert_allclose(got, np.stack(want), rtol=1e-4, atol=1e-4)
