@@ -1,8 +1,8 @@
 """Facts about the running process that change speed but not results: the C heap allocator.
 
-XLA:CPU allocates its temporary buffers afresh on every execution of a jitted step. Under glibc's
-malloc, large blocks go back to the kernel when freed, so every training step page-faults and
-zero-fills hundreds of MB again (ResNet-20 w=1, batch 128: ~76k minor faults per agent per step).
+XLA:CPU allocates its temporary buffers afresh on every execution of a jitted step, and glibc's
+malloc serves that pattern badly: large blocks go back to the kernel when freed, so every training
+step page-faults them in again (ResNet-20 w=1, batch 128: ~76k minor faults per agent per step).
 tcmalloc keeps the memory: measured 4-17 % more images/s on a 2-core CPU, and the 10-agent
 ``unrolled`` step back from 0.89x to 1.01x of separate steps (README, "Agents and execution
 strategies"). Preloading it is a launch-time choice:
