@@ -243,21 +243,27 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return config
 
 
-def load_config_file(path, overrides: dict | None = None) -> ml_collections.ConfigDict:
-    """``get_config()`` of a config file, with optional ``{'data.alpha': 0.1, ...}`` overrides, validated.
-
-    The Python-API equivalent of ``--config path --config.<key>=<value>`` (for notebooks and sweeps).
-    """
+def exec_python_file(path, kind: str, error=ConfigError):
+    """The module of Python file ``path`` (a config or sweep file), executed; ``error`` (naming
+    ``kind``) when the file does not exist."""
     import importlib.util
     import pathlib
 
     path = pathlib.Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} not found")
-    spec = importlib.util.spec_from_file_location(f"dimat_config_{path.stem}", path)
+        raise error(f"{kind} file {str(path)!r} not found")
+    spec = importlib.util.spec_from_file_location(f"dimat_{kind}_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = module.get_config()
+    return module
+
+
+def load_config_file(path, overrides: dict | None = None) -> ml_collections.ConfigDict:
+    """``get_config()`` of a config file, with optional ``{'data.alpha': 0.1, ...}`` overrides, validated.
+
+    The Python-API equivalent of ``--config path --config.<key>=<value>`` (for notebooks and sweeps).
+    """
+    config = exec_python_file(path, "config").get_config()
     for dotted, value in (overrides or {}).items():
         node = config
         *parents, leaf = dotted.split(".")

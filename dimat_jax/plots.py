@@ -30,6 +30,17 @@ def _save(fig, path) -> None:
         fig.savefig(path.with_suffix(ext), bbox_inches="tight")
 
 
+def _finish(fig, ax, path, xlabel: str, ylabel: str, title: str, **grid):
+    """Label, title, grid (``grid`` passed to ``ax.grid``), legend; save to ``path``; return ``fig``."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, **grid)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+    return fig
+
+
 def label(row: dict, keys) -> str:
     parts = [NAMES.get(row["algorithm"], row["algorithm"]) if k == "algorithm" else f"{row[k]}" for k in keys]
     return " · ".join(str(p) for p in parts)
@@ -62,13 +73,7 @@ def plot_accuracy_vs_round(rows, path, *, keys=("algorithm",), title="", initial
         ax.axhline(100 * init, ls="--", color="k", lw=1, label="initial (pre-trained)")
     from matplotlib.ticker import MaxNLocator
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("iteration (round)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    _save(fig, path)
-    return fig
+    return _finish(fig, ax, path, "iteration (round)", "test accuracy (%)", title)
 
 
 def plot_accuracy_vs_bytes(rows, path, *, keys=("algorithm",), title=""):
@@ -85,13 +90,7 @@ def plot_accuracy_vs_bytes(rows, path, *, keys=("algorithm",), title=""):
         (line,) = ax.plot(x, m, marker="o", ms=3, label=name)
         ax.fill_between(x, m - s, m + s, alpha=0.2, color=line.get_color())
     ax.set_xscale("log")
-    ax.set_xlabel("bytes sent, all agents (cumulative)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    _save(fig, path)
-    return fig
+    return _finish(fig, ax, path, "bytes sent, all agents (cumulative)", "test accuracy (%)", title, which="both")
 
 
 def messages_per_agent_per_epoch(final: dict) -> float:
@@ -114,13 +113,7 @@ def plot_messages_per_epoch(finals, path, *, keys=("algorithm",), title=""):
         ax.bar(xs, [vals[n] for n in ns if n in vals], width=width, label=name)
     ax.set_xticks(range(len(ns)), [str(n) for n in ns])
     ax.set_yscale("log")
-    ax.set_xlabel("number of agents")
-    ax.set_ylabel("messages per agent per epoch")
-    ax.set_title(title)
-    ax.grid(alpha=0.3, axis="y", which="both")
-    ax.legend(fontsize=7)
-    _save(fig, path)
-    return fig
+    return _finish(fig, ax, path, "number of agents", "messages per agent per epoch", title, axis="y", which="both")
 
 
 def plot_scalability(finals, path, *, keys=("algorithm",), title=""):
@@ -134,13 +127,7 @@ def plot_scalability(finals, path, *, keys=("algorithm",), title=""):
         fs = sorted(fs, key=lambda f: f["num_agents"])
         ax.errorbar([f["num_agents"] for f in fs], [100 * f["final_accuracy"] for f in fs],
                     yerr=[100 * f["final_std"] for f in fs], marker="o", capsize=3, label=name)
-    ax.set_xlabel("number of agents")
-    ax.set_ylabel("final test accuracy (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    _save(fig, path)
-    return fig
+    return _finish(fig, ax, path, "number of agents", "final test accuracy (%)", title)
 
 
 def results_table(finals, *, row_key: str = "algorithm", col_keys=("partition",)) -> tuple[str, str]:

@@ -32,13 +32,8 @@ AGGREGATE_FILE, FINAL_FILE, CELLS_FILE = "aggregate.csv", "final.csv", "cells.js
 def load_sweep(path):
     """(base config, grid, configure) of a sweep file; ``configure(config, cell) -> config`` is the
     file's optional hook for settings that depend on the cell (identity when absent)."""
-    import importlib.util
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"sweep file {str(path)!r} not found")
-    spec = importlib.util.spec_from_file_location(f"dimat_sweep_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from dimat_jax.config import exec_python_file
+    module = exec_python_file(path, "sweep", FileNotFoundError)
     if not hasattr(module, "get_grid"):
         raise ValueError(f"{path} defines no get_grid() (a dict: config key -> list of values)")
     return module.get_config(), module.get_grid(), getattr(module, "configure", lambda config, cell: config)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from dimat_jax import agents, comms, report, train
 from dimat_jax.algorithms.gossip import init_opt_state, make_gossip_step, solve_box_qp
 from dimat_jax.algorithms.swarm import make_swarm_step, undirected_edges
-from dimat_jax.config import get_default_config
+from tiny_config import tiny_config
 from dimat_jax.data import sources
 from dimat_jax.data.pipeline import Preprocess
 from dimat_jax.merging.neighbours import Neighbourhood
@@ -196,28 +196,7 @@ def test_undirected_edges():
 
 # ------------------------------------------------------------------------ communication accounting
 def tiny(algorithm, topology="ring", **kw):
-    c = get_default_config()
-    c.algorithm = algorithm
-    c.topology = topology
-    c.width = 0.25
-    c.num_agents = 5
-    c.pretrain_epochs = 1
-    c.rounds = 2
-    c.local_epochs = 1
-    c.batch_size = 16
-    c.data.steps_per_epoch = 2
-    c.merge.batch_size = 32
-    c.merge.num_batches = 1
-    c.log.progress = False
-    c.log.plot = False
-    c.agents.strategy = "vmap"  # compiles once whatever N (the unrolled default is covered elsewhere)
-    for k, val in kw.items():
-        node = c
-        *path, last = k.split("__")
-        for p in path:
-            node = node[p]
-        node[last] = val
-    return c
+    return tiny_config(**{"algorithm": algorithm, "topology": topology, "num_agents": 5, **kw})
 
 
 def param_bytes(model_width=0.25):

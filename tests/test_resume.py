@@ -11,33 +11,15 @@ import pytest
 
 from dimat_jax import report, train
 from dimat_jax.checkpoint import CheckpointError
-from dimat_jax.config import get_default_config
+from dimat_jax.config import load_config_file
+from tiny_config import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TIMING_KEYS = {"wall_time_s", "merge_time_s", "merge_stage_s"}
 
 
 def tiny(**kw):
-    c = get_default_config()
-    c.width = 0.25
-    c.num_agents = 3
-    c.pretrain_epochs = 1
-    c.rounds = 4
-    c.local_epochs = 1
-    c.batch_size = 16
-    c.data.steps_per_epoch = 2
-    c.merge.batch_size = 32
-    c.merge.num_batches = 1
-    c.log.progress = False
-    c.log.plot = False
-    c.agents.strategy = "vmap"  # compiles once whatever N (the unrolled default is covered elsewhere)
-    for k, v in kw.items():
-        node = c
-        *path, last = k.split("__")
-        for p in path:
-            node = node[p]
-        node[last] = v
-    return c
+    return tiny_config(**{"rounds": 4, **kw})
 
 
 def same_metrics(a, b):
@@ -109,8 +91,7 @@ def test_sigint_checkpoints_then_the_same_command_resumes(tmp_path):
     assert "resuming" in r.stdout
     resumed = report.read_metrics(workdir)
     assert [x["round"] for x in resumed] == list(range(9))
-    c = get_default_config()  # the same run, uninterrupted, in-process
-    from dimat_jax.config import load_config_file
+    # the same run, uninterrupted, in-process
     c = load_config_file(ROOT / "configs" / "quickstart.py", {
         "rounds": 8, "pretrain_epochs": 1, "width": 0.25, "data.steps_per_epoch": 25, "log.plot": False,
         "log.progress": False})

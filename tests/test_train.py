@@ -7,28 +7,16 @@ import pytest
 
 from dimat_jax import report, train
 from dimat_jax.config import get_default_config
+from tiny_config import override
 
 REQUIRED = {"round", "epoch", "algorithm", "mean_test_accuracy", "std_test_accuracy", "per_agent_test_accuracy",
             "mean_test_loss", "wall_time_s"}
 
 
 def tiny(**kw):
-    c = get_default_config()
-    c.width = 0.25
-    c.num_agents = 3
-    c.pretrain_epochs = 1
-    c.rounds = 2
-    c.local_epochs = 1
-    c.batch_size = 16
-    c.data.steps_per_epoch = 3
-    c.log.progress = False
-    for k, v in kw.items():
-        node = c
-        *path, last = k.split("__")
-        for p in path:
-            node = node[p]
-        node[last] = v
-    return c
+    return override(get_default_config(), **{"width": 0.25, "num_agents": 3, "pretrain_epochs": 1, "rounds": 2,
+                                             "local_epochs": 1, "batch_size": 16, "data__steps_per_epoch": 3,
+                                             "log__progress": False, **kw})
 
 
 def test_local_run_writes_outputs(tmp_path):

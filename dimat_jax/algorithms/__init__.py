@@ -25,6 +25,16 @@ TOPOLOGY_NEEDS = {
 }
 
 
+class Algorithm:
+    """Base of the algorithm objects: by default no state beyond the agents' pytrees."""
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, extra: dict) -> None:
+        pass
+
+
 def build(name: str, ctx, topology):
     """The algorithm object: ``setup(state) -> state`` (once, after pre-training), ``round(state, r)
     -> state`` (runs round r and emits its records), ``extra_state() / load_extra_state(dict)``

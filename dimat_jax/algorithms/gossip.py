@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dimat_jax import agents, comms
+from dimat_jax.algorithms import Algorithm
 from dimat_jax.agents import AgentState, make_agent_grads, over_agents
 from dimat_jax.merging.neighbours import Neighbourhood
 
@@ -164,7 +165,7 @@ def init_opt_state(kind: str, params) -> dict:
     return {}
 
 
-class Gossip:
+class Gossip(Algorithm):
     """Train with gossip every minibatch; round r = ``local_epochs`` epochs, then evaluate."""
 
     def __init__(self, ctx, topology):
@@ -223,9 +224,3 @@ class Gossip:
             ctx.counter.add(comms.senders(self.topology.matrix(t)), message_bytes, 2 if self.kind == "cga" else 1)
         ctx.emit(state.variables, round_=r, phase="trained", train=stats)
         return state
-
-    def extra_state(self) -> dict:
-        return {}
-
-    def load_extra_state(self, extra: dict) -> None:
-        pass

@@ -6,9 +6,10 @@ at round 1, then kept) and evaluate every ``local_epochs`` epochs; nothing is co
 from __future__ import annotations
 
 from dimat_jax import agents
+from dimat_jax.algorithms import Algorithm
 
 
-class Local:
+class Local(Algorithm):
     def __init__(self, ctx, topology=None):
         self.ctx = ctx
         self.tx, self.step = ctx.train_step("local")
@@ -21,9 +22,3 @@ class Local:
         state, stats = self.ctx.train(state, self.step, c.local_epochs, f"round {r}/{c.rounds}")
         self.ctx.emit(state.variables, round_=r, phase="trained", train=stats)
         return state
-
-    def extra_state(self) -> dict:
-        return {}
-
-    def load_extra_state(self, extra: dict) -> None:
-        pass

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dimat_jax import agents, comms
-from dimat_jax.algorithms import MERGE_FAMILY
+from dimat_jax.algorithms import MERGE_FAMILY, Algorithm
 from dimat_jax.distributed import shard_agents
 from dimat_jax.merging.engine import Merger, merge_batches
 from dimat_jax.merging.matching import weight_matcher
@@ -43,7 +43,7 @@ def make_merger(ctx, variables) -> Merger:
                   augment=c.merge.augment, seed=c.seed, mesh=ctx.mesh, per_agent_data=ctx.per_agent_data)
 
 
-class MergeFamily:
+class MergeFamily(Algorithm):
     """dimat / wa / wm: round r = merge → evaluate → (unless r = T) local epochs → evaluate."""
 
     def __init__(self, ctx, topology):
@@ -96,9 +96,3 @@ class MergeFamily:
             state, stats = ctx.train(state, self.step, c.local_epochs, f"round {r}/{c.rounds}", extra_args=extra_args)
             ctx.emit(state.variables, round_=r, phase="trained", train=stats)
         return state
-
-    def extra_state(self) -> dict:
-        return {}
-
-    def load_extra_state(self, extra: dict) -> None:
-        pass

@@ -14,6 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dimat_jax import agents, comms
+from dimat_jax.algorithms import Algorithm
 from dimat_jax.agents import AgentState, make_agent_grads, over_agents
 from dimat_jax.data.pipeline import stream_positions
 from dimat_jax.train import check_finite
@@ -48,7 +49,7 @@ def undirected_edges(w: np.ndarray) -> np.ndarray:
     return np.argwhere(np.triu(a, 1)).astype(np.int32)
 
 
-class Swarm:
+class Swarm(Algorithm):
     """Round r = ``local_epochs`` epochs of N·steps_per_epoch/2 pair interactions, then evaluate."""
 
     def __init__(self, ctx, topology):
