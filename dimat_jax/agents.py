@@ -7,8 +7,7 @@ computation is laid out inside the jitted step is the *agent strategy*:
   convolutions: fast on GPU/TPU, ~5x slower than a loop on XLA:CPU.
 - ``unrolled``: a Python loop over agents inside the one jitted function (N copies of the step in
   one XLA program; compile time grows with N). An optimization barrier between consecutive agents
-  keeps XLA from interleaving them, so one agent's activations are live at a time (measured ~3-5%
-  faster than an unsequenced loop at 10 agents). Fastest on CPU.
+  keeps XLA from interleaving them, so one agent's activations are live at a time. Fastest on CPU.
 - ``map``: ``jax.lax.map`` (a compiled loop; small programs, slow on CPU).
 - ``auto``: ``unrolled`` on CPU, ``vmap`` elsewhere (see experiments/benchmarks/agent_strategies.py).
 """

@@ -3,9 +3,9 @@
 XLA:CPU (JAX 0.10.2) computes the filter gradient dW of ResNet-20's convolutions at 15-60 GFLOP/s,
 against 150 for the forward pass (experiments/benchmarks/cpu_conv_gap.py). ``taps`` computes
 dW[i, j] = x_pad[:, i::s, j::s, :]^T @ dY (one [C_in, B*H*W] x [B*H*W, C_out] matmul per kernel
-tap) under a ``jax.custom_vjp``; forward and input gradient stay XLA's. Measured on a 2-core CPU:
-+27-29 % training images/s with tcmalloc, but *slower* under glibc malloc (even with its page
-faults switched off through mallopt). Hence ``auto`` = ``taps`` on CPU under tcmalloc, else
+tap) under a ``jax.custom_vjp``; forward and input gradient stay XLA's. Measured on a 2-core CPU
+(experiments/benchmarks/agent_strategies.py, pytorch_compare.py): +24-28 % training images/s with
+tcmalloc, but much *slower* under glibc malloc (235 -> 138 images/s at 5 agents). Hence ``auto`` = ``taps`` on CPU under tcmalloc, else
 ``xla`` (GPU/TPU have good filter-gradient kernels).
 
 Shapes: x [B, H, W, C_in] (NHWC), w [kh, kw, C_in, C_out] (HWIO), y [B, H', W', C_out].

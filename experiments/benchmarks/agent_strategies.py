@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import statistics
 import time
 
@@ -96,27 +97,31 @@ def main():
             compile_s[name] = time.perf_counter() - t
             print(f"{n} agents, {name}: compiled + first step in {compile_s[name]:.1f} s", flush=True)
         times = {name: [] for name in names}
+        faults = {name: [] for name in names}  # minor page faults per step (fresh memory touched)
         for _ in range(args.reps):
             for name in names:
+                f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 t = time.perf_counter()
                 runners[name]()
                 times[name].append(time.perf_counter() - t)
+                faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
         base = statistics.median(times["separate"]) if "separate" in times else None
         images = n * args.batch
         for name in names:
             med = statistics.median(times[name])
             ratio = base / med if base else float("nan")
-            rows.append([n, name, f"{med:.3f}", f"{images / med:.0f}", f"{ratio:.2f}", f"{compile_s[name]:.1f}"])
+            rows.append([n, name, f"{med:.3f}", f"{images / med:.0f}", f"{ratio:.2f}", f"{compile_s[name]:.1f}",
+                         f"{statistics.median(faults[name]):.0f}"])
             results.append({"agents": n, "strategy": name, "median_s_per_step": med, "images_per_s": images / med,
                             "throughput_vs_separate": ratio, "compile_and_first_step_s": compile_s[name],
-                            "all_s": times[name]})
+                            "all_s": times[name], "minor_page_faults_per_step": faults[name]})
     device = jax.devices()[0]
     print(f"{args.model} w={args.width:g}, batch {args.batch} per agent, {args.size}x{args.size}x3, Adam; backend "
           f"{jax.default_backend()} ({device.device_kind}, {jax.device_count()} device(s)), "
           f"{platform.processor() or platform.machine()}, jax {jax.__version__}, malloc {runtime.malloc_in_use()}, conv filter grad "
           f"{resolve_filter_grad(args.conv_filter_grad)}; "
           f"median of {args.reps}")
-    print(table(rows, ["agents", "strategy", "s/step", "images/s", "vs separate", "compile s"]))
+    print(table(rows, ["agents", "strategy", "s/step", "images/s", "vs separate", "compile s", "page faults/step"]))
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"config": vars(args), "backend": jax.default_backend(), "device": device.device_kind,
