@@ -70,13 +70,21 @@ _PRETRAIN_KEYS = ("dataset", "data_path", "model", "width", "num_agents", "parti
                   "pretrain.lr_decay", "optim.momentum", "optim.nesterov", "optim.weight_decay")
 
 
+# Keys added later: part of the fingerprint only when they differ from these defaults, so agents
+# cached before they existed keep their fingerprint (and cache path).
+_PRETRAIN_KEYS_SINCE = {"data.train_subset": 0, "data.pad_to": 0, "data.channels": 0}
+
+
+def _get(config, dotted: str):
+    for part in dotted.split("."):
+        config = config[part]
+    return config
+
+
 def pretrain_fingerprint(config) -> dict:
-    out = {}
-    for key in _PRETRAIN_KEYS:
-        node = config
-        for part in key.split("."):
-            node = node[part]
-        out[key] = node
+    out = {key: _get(config, key) for key in _PRETRAIN_KEYS}
+    out.update({key: _get(config, key) for key, default in _PRETRAIN_KEYS_SINCE.items()
+                if _get(config, key) != default})
     out["centralized"] = config.algorithm == "centralized"
     return out
 
@@ -90,7 +98,8 @@ def pretrain_cache_path(config) -> pathlib.Path:
 
 def check_fingerprint(meta: dict, config, path) -> None:
     want, got = pretrain_fingerprint(config), meta.get("fingerprint", {})
-    diff = sorted(k for k in want if got.get(k) != want[k])
+    want = {**_PRETRAIN_KEYS_SINCE, **want}
+    diff = sorted(k for k in want if got.get(k, _PRETRAIN_KEYS_SINCE.get(k)) != want[k])
     if diff:
         details = ", ".join(f"{k}: saved {got.get(k)!r} vs now {want[k]!r}" for k in diff[:6])
         raise CheckpointError(f"pre-trained agents in {path} were made with other settings ({details})")

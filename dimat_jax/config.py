@@ -25,7 +25,7 @@ from dimat_jax.models import MODELS
 from dimat_jax.optim import ALIASES as OPTIMIZER_ALIASES
 from dimat_jax.optim import OPTIMIZERS
 
-from dimat_jax.algorithms import ALGORITHMS, MERGE_FAMILY, TOPOLOGY_NEEDS
+from dimat_jax.algorithms import ALGORITHMS, MERGE_FAMILY, SWARM_VARIANTS, TOPOLOGY_NEEDS
 from dimat_jax.merging.engine import MERGE_DATA
 
 NORMALIZATIONS = ("dataset", "reference")
@@ -40,7 +40,7 @@ def get_default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     # --- stable top-level keys
     c.dataset = "digits"          # digits | mnist | fashion_mnist | cifar10 | cifar100 | tiny_imagenet | npz
-    c.data_path = ""              # .npz file (dataset=npz) or tiny-imagenet-200 folder (dataset=tiny_imagenet)
+    c.data_path = ""              # .npz file (npz), tiny-imagenet-200 folder (tiny_imagenet), IDX folder (mnist, fashion_mnist)
     c.model = "cnn"               # cnn | resnet20 | vgg16
     c.width = 1.0                 # channel-width multiplier
     c.num_agents = 5
@@ -70,6 +70,10 @@ def get_default_config() -> ml_collections.ConfigDict:
     c.data.eval_batch_size = 500
     c.data.max_train_examples = 0  # 0 -> all; else a seeded random subset (quick experiments)
     c.data.max_test_examples = 0
+    c.data.train_subset = 0       # 0 -> all; else a seeded, class-stratified subset of this many training examples
+    c.data.test_subset = 0        # likewise for the test set
+    c.data.pad_to = 0             # zero-pad images to pad_to x pad_to (e.g. 32: 28x28 MNIST in the CIFAR layout); 0 = no
+    c.data.channels = 0           # 1 or 3 (grey repeated to 3); 0 = the dataset's own
 
     c.optim = ml_collections.ConfigDict()
     c.optim.momentum = 0.9        # msgd
@@ -101,6 +105,10 @@ def get_default_config() -> ml_collections.ConfigDict:
     c.baseline.lr_decay = 0.981   # lr multiplied by this every epoch (reference)
     c.baseline.bn_frozen = False  # reference quirk: train with BatchNorm in inference mode
     c.baseline.cga_qp_iters = 200  # CGA: coordinate-descent sweeps of the per-tensor QP
+    c.baseline.swarm_variant = "reference"  # swarmsgd: reference (node-then-neighbour pair per step, momentum,
+    #                                          averaging in cycles) | uniform_edge (ours: random edge, plain SGD, always average)
+    c.baseline.swarm_i1 = 10      # swarmsgd reference: interactions without averaging at the start of every cycle
+    c.baseline.swarm_i2 = 20      # ... followed by this many that average
 
     c.graph = ml_collections.ConfigDict()
     c.graph.edge_probability = 0.5  # topology=erdos_renyi
@@ -136,7 +144,7 @@ _CHOICES = {
     "optimizer": OPTIMIZERS + tuple(OPTIMIZER_ALIASES), "pretrain.optimizer": OPTIMIZERS + tuple(OPTIMIZER_ALIASES),
     "data.normalization": NORMALIZATIONS, "data.augment": AUGMENTATIONS, "agents.strategy": STRATEGIES,
     "agents.conv_filter_grad": FILTER_GRADS,
-    "merge_data": MERGE_DATA,
+    "merge_data": MERGE_DATA, "baseline.swarm_variant": SWARM_VARIANTS,
 }
 
 
@@ -190,6 +198,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     need(c.rounds >= 0 and c.pretrain_epochs >= 0, "rounds and pretrain_epochs must be >= 0")
     need(c.local_epochs >= 1, f"local_epochs must be >= 1, got {c.local_epochs}")
     need(c.rounds > 0 or c.pretrain_epochs > 0, "nothing to do: rounds = 0 and pretrain_epochs = 0")
+    need(not (c.pretrain.checkpoint and c.pretrain_epochs == 0),
+         f"pretrain.checkpoint = {c.pretrain.checkpoint!r} is set but pretrain_epochs = 0; set pretrain_epochs to the "
+         "number of epochs those agents were pre-trained for (it is checked against the checkpoint's settings)")
     need(0 < c.optim.lr_decay <= 1 and 0 < c.pretrain.lr_decay <= 1, "optim.lr_decay and pretrain.lr_decay must be in (0, 1]")
     need(0 <= c.optim.momentum < 1, f"optim.momentum must be in [0, 1), got {c.optim.momentum}")
     need(c.optim.weight_decay >= 0, "optim.weight_decay must be >= 0")
@@ -203,9 +214,16 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         need(bool(c.data_path), f"dataset {c.dataset!r} needs --config.data_path "
              + ("(an .npz with x_train, y_train, x_test, y_test)" if c.dataset == "npz"
                 else "(the extracted tiny-imagenet-200 folder)"))
-    if c.model == "vgg16" and c.dataset in ("digits", "mnist", "fashion_mnist"):
+    need(c.data.train_subset >= 0 and c.data.test_subset >= 0, "data.train_subset and data.test_subset must be >= 0")
+    need(not (c.data.train_subset and c.data.max_train_examples) and not (c.data.test_subset and c.data.max_test_examples),
+         "data.train_subset (class-stratified) and data.max_train_examples (uniformly random) both pick a subset; "
+         "set only one (likewise data.test_subset / data.max_test_examples)")
+    need(c.data.pad_to >= 0, f"data.pad_to must be >= 0 (0 = no padding), got {c.data.pad_to}")
+    need(c.data.channels in (0, 1, 3), f"data.channels must be 0 (the dataset's own), 1 or 3, got {c.data.channels}")
+    if c.model == "vgg16" and c.dataset in ("digits", "mnist", "fashion_mnist") and c.data.pad_to < 32:
         raise ConfigError(f"model 'vgg16' needs images of at least 32x32 but {c.dataset!r} images are "
-                          f"{'8x8' if c.dataset == 'digits' else '28x28'}; use model 'cnn' or 'resnet20'")
+                          f"{'8x8' if c.dataset == 'digits' else '28x28'}; use model 'cnn' or 'resnet20', or pad "
+                          "them with --config.data.pad_to=32")
     if c.partition == "noniid" and c.algorithm != "centralized":
         classes = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100,
                    "tiny_imagenet": 200}.get(c.dataset)
@@ -224,6 +242,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     need(c.checkpoint.every_rounds >= 0 and c.checkpoint.keep >= 1,
          "checkpoint.every_rounds must be >= 0 and checkpoint.keep >= 1")
     need(c.baseline.cga_qp_iters >= 1 and c.merge.wm_max_sweeps >= 1, "baseline.cga_qp_iters, merge.wm_max_sweeps >= 1")
+    need(c.baseline.swarm_i1 >= 0 and c.baseline.swarm_i2 >= 1,
+         "baseline.swarm_i1 must be >= 0 and baseline.swarm_i2 >= 1 (swarmsgd averages in the last I2 of every I1 + I2 "
+         "interactions)")
     if c.algorithm in MERGE_FAMILY or c.algorithm in TOPOLOGY_NEEDS:
         need(c.num_agents >= 2, f"algorithm {c.algorithm!r} needs num_agents >= 2 (use 'local' or 'centralized' for 1)")
     if c.merge.fc_shortcut:

@@ -1,4 +1,4 @@
-"""The reference experiments' settings (SPEC §1–§4), for ``configs/paper/<algorithm>.py``.
+"""The reference experiments' settings, for ``configs/paper/<algorithm>.py``.
 
 A setting string ``<dataset>-<model>-<topology>-<partition>-<agents>`` picks the experiment:
 dataset ``cifar100`` | ``cifar10`` | ``tiny_imagenet``; model ``resnet20x8`` | ``vgg16``; topology
@@ -7,11 +7,13 @@ dataset ``cifar100`` | ``cifar10`` | ``tiny_imagenet``; model ``resnet20x8`` | `
 
 Faithful to the reference: 100 pre-training epochs (Adam 1e-3, batch 100); DIMAT-family T = 100
 merges with E = 2 epochs of Adam 1e-3 (fresh each iteration) in between, merge statistics and
-BatchNorm re-estimation on the whole augmented training set (``merge_data='global'``), BatchNorm
-left in cumulative-average mode after a merge, the fully connected shortcut; WA without BatchNorm
-re-estimation; baselines SGD lr 0.01, momentum 0.9, lr x 0.981 per epoch for 200 epochs, logged
-every 2 epochs, trained with BatchNorm in inference mode (the reference's quirk); the reference's
-CIFAR-100 normalisation constants. These are GPU/TPU-sized runs.
+BatchNorm re-estimation on the whole augmented training set (``merge_data='global'``,
+``merge.augment``), BatchNorm left in cumulative-average mode after a DIMAT merge (WA and WM keep
+the usual moving average), the fully connected shortcut; WA without BatchNorm re-estimation;
+baselines SGD lr 0.01, momentum 0.9, lr x 0.981 per epoch for 200 epochs, logged every 2 epochs,
+trained with BatchNorm in inference mode (the reference's quirk); SwarmSGD's reference variant;
+the reference's CIFAR-100 normalisation constants. These are GPU/TPU-sized runs
+(docs/algorithm.md §7 lists where the reference code differs from ours).
 """
 from __future__ import annotations
 
@@ -61,9 +63,10 @@ def paper(algorithm: str, setting: str = "cifar100-resnet20x8-ring-iid-5"):
     c.merge_data = "global"
     c.merge.augment = True
     c.merge.batch_size = 100
-    c.merge.bn_cumulative = True
+    c.merge.bn_cumulative = algorithm == "dimat"  # only DIMAT's path; the reference's WA / WM keep the EMA
     c.merge.fc_shortcut = topo == "fc" and algorithm in ("dimat", "wa", "wm")
     c.merge.bn_after = algorithm != "wa"
     c.baseline.lr, c.baseline.momentum, c.baseline.lr_decay = 0.01, 0.9, 0.981
     c.baseline.bn_frozen = True
+    c.baseline.swarm_variant, c.baseline.swarm_i1, c.baseline.swarm_i2 = "reference", 10, 20
     return c

@@ -6,7 +6,8 @@ A sweep file is a Python file with ``get_config()`` (the base config, as for ``d
 ``get_grid()`` and optionally ``configure(config, cell) -> config`` (settings that depend on the
 cell, e.g. the paper preset of each algorithm). The grid is a dict from a config key (dotted) — or
 a tuple of keys varied together — to the list of values, e.g. ``{"seed": [0, 1, 2], "algorithm": ["dimat", "sgp"], ("dataset", "model"):
-[("cifar10", "resnet20"), ("cifar100", "vgg16")]}``. Cells are the Cartesian product; each runs in
+[("cifar10", "resnet20"), ("cifar100", "vgg16")]}``, or a list of such dicts (the union of their
+products). Cells are the Cartesian product; each runs in
 ``<workdir>/cells/<name>/`` as an ordinary run, so a finished cell is skipped and an interrupted one
 resumes. Pre-trained agents are shared through ``<workdir>/pretrained`` unless the base config names
 another cache. Results: ``aggregate.csv`` (per group of cells differing only in ``seed``, per round
@@ -43,8 +44,15 @@ def _value_str(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def cells(grid: dict) -> list[dict]:
-    """The Cartesian product of ``grid`` as a list of {dotted key: value} dicts."""
+def cells(grid) -> list[dict]:
+    """The Cartesian product of ``grid`` as a list of {dotted key: value} dicts. A list of grids
+    gives the union of their products, in order, without repeats (e.g. algorithms that ignore the
+    topology in a grid of their own)."""
+    if isinstance(grid, (list, tuple)):
+        out = []
+        for g in grid:
+            out += [c for c in cells(g) if c not in out]
+        return out
     axes = []
     for key, values in grid.items():
         if not values:

@@ -118,3 +118,31 @@ def test_resolve_strategy():
     assert agents.resolve_strategy("map") == "map"
     with pytest.raises(ValueError, match="unknown agent strategy"):
         agents.resolve_strategy("pmap")
+
+
+@pytest.mark.parametrize("bn_mode", ["ema", "cumulative", "frozen"])
+def test_batchnorm_modes_of_the_training_step(setup, bn_mode):
+    """ema: stat <- 0.9 stat + 0.1 batch; cumulative (the reference's DIMAT after a merge): the plain
+    average of every batch since the re-estimation (``bn_count`` batches so far); frozen: unchanged.
+    The oracle reads each batch's moments from the BatchNorm layers (the ``bn_moments`` collection)."""
+    from dimat_jax.merging.spec import flatten
+    ds, model, _, idx = setup
+    pre = Preprocess(ds.mean, ds.std, ds.pixel_max)  # no augmentation: the oracle sees the same batch
+    v = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), train=False)
+    grads = agents.make_agent_grads(model, pre, bn_mode)
+    stats, want = v["batch_stats"], flatten(v["batch_stats"])
+    count = 4  # pretend the re-estimation averaged 4 batches
+    for t in range(3):
+        x, y = jnp.asarray(ds.x_train[idx[t, 0]]), jnp.asarray(ds.y_train[idx[t, 0]])
+        _, st = model.apply(v | {"batch_stats": stats}, pre.eval(x), train=True, mutable=["batch_stats", "bn_moments"])
+        for path, mom in flatten(st["bn_moments"]).items():
+            layer = path.rsplit("/moments", 1)[0]
+            mean, sq = np.asarray(mom[0][0], np.float64), np.asarray(mom[0][1], np.float64)
+            batch = {"mean": mean, "var": np.maximum(sq - mean ** 2, 0)}
+            for s in ("mean", "var"):
+                old = np.asarray(want[f"{layer}/{s}"], np.float64)
+                want[f"{layer}/{s}"] = {"ema": 0.9 * old + 0.1 * batch[s], "frozen": old,
+                                        "cumulative": old + (batch[s] - old) / (count + t + 1)}[bn_mode]
+        _, stats, _, _ = grads(v["params"], stats, x, y, jax.random.PRNGKey(t), jnp.float32(count + t))
+    for path, value in flatten(stats).items():
+        np.testing.assert_allclose(np.asarray(value), want[path], rtol=2e-4, atol=1e-5, err_msg=path)

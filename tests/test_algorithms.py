@@ -190,6 +190,54 @@ def test_swarmsgd_pair_step_and_average(setup):
     assert not np.allclose(bs_new[1], bs_new[3])  # BatchNorm statistics stay each agent's own
 
 
+def test_swarmsgd_reference_heavy_ball_steps_average_only_when_told(setup):
+    """The reference variant: heavy-ball buffers per agent; a step without averaging leaves the pair
+    apart, a step with averaging gives both the pair's mean; momentum buffers are never averaged."""
+    ds, pre, model, v, idx = setup
+    v0 = jax.tree.map(jnp.copy, v)
+    mom0 = jax.tree.map(jnp.zeros_like, v0["params"])
+    state = agents.AgentState(params=v0["params"], batch_stats=v0["batch_stats"], opt_state={"momentum": mom0})
+    step = make_swarm_step(model, pre, momentum=0.9)
+    pair = np.array([2, 0], np.int32)
+    args = (jnp.asarray(ds.x_train), jnp.asarray(ds.y_train), jnp.asarray(pair), jnp.asarray(idx[pair]))
+    x, g = stacked_flat(v["params"]), oracle_grads(setup)
+    s1, _ = step(state, *args, jax.random.PRNGKey(0), jnp.float32(0.1), jnp.bool_(False))
+    got = stacked_flat(s1.params)
+    for a in pair:  # m = g, x <- x - lr m, no averaging
+        np.testing.assert_allclose(got[a], x[a] - 0.1 * g[a], atol=2e-5)
+    np.testing.assert_array_equal(got[[1, 3]], x[[1, 3]])
+    m1 = stacked_flat(s1.opt_state["momentum"])
+    np.testing.assert_allclose(m1[pair], g[pair], atol=2e-5)
+    assert not m1[[1, 3]].any()
+    # second step, averaging: m <- 0.9 m + g(x1); both take mean(x1 - lr m)
+    ds_, pre_, model_, _, _ = setup
+    g1 = np.stack([flat(grads_of(model_, pre_, agent(s1.params, a), agent(v["batch_stats"], a), ds_, idx[a]))
+                   for a in range(N)])
+    m2 = 0.9 * m1 + g1
+    want = ((got[2] - 0.1 * m2[2]) + (got[0] - 0.1 * m2[0])) / 2
+    s2, _ = step(s1, *args, jax.random.PRNGKey(0), jnp.float32(0.1), jnp.bool_(True))
+    got2 = stacked_flat(s2.params)
+    np.testing.assert_allclose(got2[2], want, atol=5e-5)
+    np.testing.assert_allclose(got2[0], want, atol=5e-5)
+    np.testing.assert_allclose(stacked_flat(s2.opt_state["momentum"])[pair], m2[pair], atol=5e-5)
+
+
+def test_swarmsgd_reference_pairs_and_schedule():
+    from dimat_jax.algorithms.swarm import averages_at, neighbour_lists, node_then_neighbour
+    # path graph 0-1-2-3: node-then-neighbour picks edge (0,1) with probability 1/4 + 1/8 = 3/8,
+    # (1,2) with 1/8 + 1/8 = 1/4 (a uniform edge would be 1/3 each)
+    w = np.array([[.5, .5, 0, 0], [.25, .5, .25, 0], [0, .25, .5, .25], [0, 0, .5, .5]])
+    nbrs = neighbour_lists(w)
+    assert [list(n) for n in nbrs] == [[1], [0, 2], [1, 3], [2]]
+    rng = np.random.default_rng(0)
+    draws = [tuple(sorted(node_then_neighbour(rng, nbrs))) for _ in range(40000)]
+    freq = {e: draws.count(e) / len(draws) for e in [(0, 1), (1, 2), (2, 3)]}
+    assert freq[(0, 1)] == pytest.approx(3 / 8, abs=0.01) and freq[(1, 2)] == pytest.approx(1 / 4, abs=0.01)
+    # I1 = 10, I2 = 20: interactions 0..9 of every 30 do not average, 10..29 do (t mod 30 >= 10)
+    flags = [averages_at(t, 10, 20) for t in range(60)]
+    assert flags == ([False] * 10 + [True] * 20) * 2
+
+
 def test_undirected_edges():
     assert undirected_edges(W_DS).tolist() == [[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]]
 
@@ -224,12 +272,15 @@ def test_fc_shortcut_messages(tmp_path):
     assert len(set(r["per_agent_test_accuracy"])) == 1  # every agent holds agent 0's merge
 
 
-@pytest.mark.parametrize("algorithm,per_step", [("cdsgd", 10), ("cga", 20), ("swarmsgd", 2)])
-def test_gossip_messages_hand_count(tmp_path, algorithm, per_step):
-    train.run(tiny(algorithm, "ring", rounds=1), tmp_path / "w", log=lambda s: None)
+@pytest.mark.parametrize("algorithm,over,steps,per_step", [
+    ("cdsgd", {}, 2, 10), ("cga", {}, 2, 20),
+    ("swarmsgd", {"baseline__swarm_variant": "uniform_edge"}, 5 * 2 // 2, 2),  # N * steps / 2 interactions
+    # one pair per synchronised step (2 steps); I1 = I2 = 1: only the second interaction averages
+    ("swarmsgd", {"baseline__swarm_i1": 1, "baseline__swarm_i2": 1}, 1, 2)])
+def test_gossip_messages_hand_count(tmp_path, algorithm, over, steps, per_step):
+    train.run(tiny(algorithm, "ring", rounds=1, **over), tmp_path / "w", log=lambda s: None)
     r = report.read_metrics(tmp_path / "w")[-1]
-    steps = 2 if algorithm != "swarmsgd" else 5 * 2 // 2  # one epoch; swarm: N * steps / 2 interactions
-    assert r["messages_sent_total"] == steps * per_step
+    assert r["messages_sent_total"] == steps * per_step  # one epoch
     assert r["bytes_sent_total"] == steps * per_step * param_bytes()["params"]
 
 
@@ -258,3 +309,21 @@ def test_payload_bytes():
     tree = {"a": jnp.zeros((3, 4, 5)), "b": jnp.zeros((3, 2), jnp.int32)}
     assert comms.payload_bytes(tree) == 4 * 5 * 4 + 2 * 4
     assert comms.senders(W_DS).tolist() == [2, 1, 2, 2]
+
+
+@pytest.mark.parametrize("variant", ["reference", "uniform_edge"])
+def test_swarmsgd_continues_the_batch_streams_after_pretraining(variant):
+    """SwarmSGD's first batches are the ones the other algorithms' first epoch after pre-training
+    reads, not the streams' start (which pre-training already consumed)."""
+    from dimat_jax.algorithms.swarm import Swarm
+    from dimat_jax.data.pipeline import epoch_batches, stream_positions
+    c = tiny("swarmsgd", pretrain_epochs=3, baseline__swarm_variant=variant)
+    ctx = train.build_context(c, log=lambda s: None)
+    sw = Swarm(ctx, train.build_topology(c))
+    first = epoch_batches(ctx.data.shards, c.seed, c.pretrain_epochs, ctx.steps_per_epoch, c.batch_size)[0]
+    rng = np.random.default_rng(0)
+    pair, idx = sw._pair_and_batches(rng, c.pretrain_epochs, 0, 0, first[None])
+    np.testing.assert_array_equal(idx, first[pair])
+    if variant == "uniform_edge":  # each agent's own stream, read where pre-training stopped
+        a = int(pair[0])
+        np.testing.assert_array_equal(stream_positions(ctx.data.shards[a], c.seed, a, 3 * 2 * 16, 16), first[a])

@@ -68,6 +68,7 @@ def _bad(**changes):
     ({"dataset": "npz"}, "data_path"),
     ({"dataset": "tiny_imagenet"}, "data_path"),
     ({"model": "vgg16"}, "32x32"),
+    ({"model": "vgg16", "dataset": "fashion_mnist"}, "data.pad_to=32"),
     ({"topology": "bipartite", "num_agents": 2, "algorithm": "dimat"}, "bipartite"),
     ({"algorithm": "dimat", "num_agents": 1}, "num_agents >= 2"),
     ({"algorithm": "sgp_pushsum", "topology": "file", "topology_path": "/nonexistent.npy"}, "does not exist"),
@@ -78,6 +79,11 @@ def _bad(**changes):
     ({"rounds": 0, "pretrain_epochs": 0}, "nothing to do"),
     ({"optim.lr_decay": 1.5}, "lr_decay"),
     ({"lr": 0.0}, "lr"),
+    ({"pretrain.checkpoint": "/some/agents", "pretrain_epochs": 0}, "pretrain_epochs = 0; set pretrain_epochs"),
+    ({"data.channels": 2}, "data.channels must be 0"),
+    ({"data.train_subset": 10, "data.max_train_examples": 10}, "set only one"),
+    ({"baseline.swarm_variant": "edge"}, "choose one of reference, uniform_edge"),
+    ({"baseline.swarm_i2": 0}, "swarm_i2"),
 ])
 def test_invalid_configs(changes, message):
     with pytest.raises(ConfigError) as e:
@@ -124,3 +130,16 @@ def test_cli_rejects_bad_input_before_any_work(tmp_path):
     assert r.returncode == 0 and "partition: noniid" in r.stdout
     r = cli("--help")
     assert r.returncode == 0 and "--config.<key>=<value>" in r.stdout
+
+
+def test_paper_presets_follow_the_reference():
+    """Cumulative-average BatchNorm only on DIMAT's path (the reference's WA and WM keep PyTorch's
+    moving average); SwarmSGD's reference variant; global, augmented merge data."""
+    from dimat_jax.presets import paper
+    assert paper("dimat").merge.bn_cumulative is True
+    assert paper("wa").merge.bn_cumulative is False and paper("wm").merge.bn_cumulative is False
+    assert paper("wa").merge.bn_after is False and paper("wm").merge.bn_after is True
+    sw = paper("swarmsgd").baseline
+    assert (sw.swarm_variant, sw.swarm_i1, sw.swarm_i2, sw.momentum) == ("reference", 10, 20, 0.9)
+    d = paper("dimat")
+    assert d.merge_data == "global" and d.merge.augment is True

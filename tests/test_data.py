@@ -229,3 +229,103 @@ def test_tfrecord_prepared_data_without_tensorflow_says_what_to_do(monkeypatch, 
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(DataError, match="TFRecord format.*tensorflow-cpu.*array_record"):
         sources.load("cifar10", data_dir=str(tmp_path))
+
+
+# ------------------------------------------------------------------------------ IDX folders (MNIST family)
+def _write_idx_folder(folder, rng, n_train=30, n_test=12, size=(7, 5), gz=True):
+    from dimat_jax.data.idx import FILES, write_idx
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {"x_train": rng.integers(0, 256, (n_train,) + size, dtype=np.uint8),
+              "y_train": (np.arange(n_train) % 10).astype(np.uint8),
+              "x_test": rng.integers(0, 256, (n_test,) + size, dtype=np.uint8),
+              "y_test": (np.arange(n_test) % 10).astype(np.uint8)}
+    for k, stem in FILES.items():
+        write_idx(folder / (stem + (".gz" if gz else "")), arrays[k])
+    return arrays
+
+
+def _idx_bytes(magic, shape, data):
+    import struct
+    return struct.pack(">I", magic) + struct.pack(f">{len(shape)}I", *shape) + bytes(data)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_folder_reads_back_what_numpy_wrote(tmp_path, gz):
+    import gzip
+    rng = np.random.default_rng(0)
+    want = _write_idx_folder(tmp_path / "d", rng, gz=gz)
+    # the oracle: the IDX layout written by hand, independently of dimat_jax's writer
+    raw = _idx_bytes(0x803, want["x_test"].shape, want["x_test"].tobytes())
+    stored = (tmp_path / "d" / ("t10k-images-idx3-ubyte" + (".gz" if gz else ""))).read_bytes()
+    assert (gzip.decompress(stored) if gz else stored) == raw
+    ds = sources.load("fashion_mnist", data_path=str(tmp_path / "d"))
+    np.testing.assert_array_equal(ds.x_train[..., 0], want["x_train"])
+    np.testing.assert_array_equal(ds.y_test, want["y_test"])
+    assert ds.x_train.shape == (30, 7, 5, 1) and ds.y_train.dtype == np.int32 and ds.num_classes == 10
+    assert ds.mean == (0.2860,) and ds.pixel_max == 255 and "IDX files" in ds.source
+
+
+def test_idx_header_errors_name_the_file_and_problem(tmp_path):
+    from dimat_jax.data.idx import FILES
+    rng = np.random.default_rng(0)
+    d = tmp_path / "d"
+    _write_idx_folder(d, rng, gz=False)
+    img = d / FILES["x_train"]
+    good = img.read_bytes()
+    img.write_bytes(_idx_bytes(0x801, (30,), bytes(30)))  # a labels file under the images name
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte has magic number 0x00000801"):
+        sources.load("mnist", data_path=str(d))
+    img.write_bytes(good[:-7])  # truncated
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        sources.load("mnist", data_path=str(d))
+    img.write_bytes(good)
+    (d / FILES["y_train"]).write_bytes(_idx_bytes(0x801, (29,), bytes(29)))  # one label short
+    with pytest.raises(DataError, match="30 images .* but 29 labels"):
+        sources.load("mnist", data_path=str(d))
+    _write_idx_folder(d, rng, gz=False)
+    (d / FILES["x_test"]).write_bytes(_idx_bytes(0x803, (2, 6, 6), bytes(72)))
+    (d / FILES["y_test"]).write_bytes(_idx_bytes(0x801, (2,), bytes(2)))
+    with pytest.raises(DataError, match=r"train images are \(7, 5\) but test images \(6, 6\)"):
+        sources.load("mnist", data_path=str(d))
+    (d / FILES["y_test"]).unlink()
+    with pytest.raises(DataError, match="lacks t10k-labels-idx1-ubyte"):
+        sources.load("mnist", data_path=str(d))
+    with pytest.raises(DataError, match="is not a folder"):
+        sources.load("mnist", data_path=str(tmp_path / "nowhere"))
+    (tmp_path / "e").mkdir()
+    for stem in FILES.values():
+        (tmp_path / "e" / (stem + ".gz")).write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match="cannot read"):
+        sources.load("mnist", data_path=str(tmp_path / "e"))
+
+
+def test_unprepared_tfds_names_both_offline_routes(tmp_path):
+    with pytest.raises(DataError, match="(?s)tfds build fashion_mnist.*dataset-fashion-mnist.*data_path"):
+        sources.load("fashion_mnist", data_dir=str(tmp_path))
+
+
+def test_pad_channels_and_stratified_subsets():
+    from dimat_jax.data import prepare
+    from dimat_jax.data.partition import class_quotas
+    from tiny_config import override
+    from dimat_jax.config import get_default_config
+    # quotas: stratified keeps proportions, balanced evens out, neither takes more than a class holds
+    assert class_quotas([10, 30, 60], 10).tolist() == [1, 3, 6]
+    assert class_quotas([2, 30, 60], 12, balanced=True).tolist() == [2, 5, 5]
+    assert class_quotas([2, 3], 100, balanced=True).tolist() == [2, 3]
+    c = override(get_default_config(), data__pad_to=12, data__channels=3, data__train_subset=100, data__test_subset=50)
+    d = prepare(c)
+    ds = d.dataset
+    full = sources.load("digits")
+    assert ds.x_train.shape == (100, 12, 12, 3) and ds.x_test.shape == (50, 12, 12, 3)
+    assert ds.mean == full.mean * 3 and ds.std == full.std * 3
+    # 2-pixel zero border, grey repeated, the 8x8 centre one of the original images
+    assert not ds.x_train[:, :2].any() and not ds.x_train[:, :, -2:].any()
+    np.testing.assert_array_equal(ds.x_train[..., 0], ds.x_train[..., 2])
+    originals = {a.tobytes() for a in full.x_train}
+    assert all(np.ascontiguousarray(a[2:10, 2:10, :1]).tobytes() in originals for a in ds.x_train)
+    np.testing.assert_array_equal(np.bincount(ds.y_train, minlength=10), [10] * 10)  # digits are balanced
+    again = prepare(c).dataset  # seeded
+    np.testing.assert_array_equal(again.x_train, ds.x_train)
+    with pytest.raises(DataError, match="smaller than the images"):
+        prepare(override(get_default_config(), data__pad_to=6))

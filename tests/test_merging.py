@@ -139,6 +139,32 @@ def test_statistics_equal_naive_numpy_pearson(digits, shared):
             np.testing.assert_allclose(corr[p][i, k], ref, atol=2e-4, err_msg=f"{p} edge {i}<-{j}")
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_augmented_statistics_show_every_model_the_same_augmented_images(digits, shared):
+    """merge.augment governs the statistics pass: the moments change with augmentation, yet a
+    receiver and its neighbours see the same augmented images (permuted copies still correlate 1)."""
+    ds, _ = digits
+    pre = Preprocess(ds.mean, ds.std, ds.pixel_max, "crop_flip", 2)
+    m = build_model("cnn", 10, 0.5)
+    v = randomize_buffers(m.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1))), jax.random.PRNGKey(4))
+    spec = permutation_spec("cnn", v)
+    copies = [v] + [S.permute(v, spec, S.random_permutations(spec, jax.random.PRNGKey(10 + a))) for a in (1, 2)]
+    hood = Neighbourhood.from_matrix(build_topology("ring", 3).matrix())
+    batches = merge_batches([np.arange(a, 900, 3) for a in range(3)], "global" if shared else "local", 64, 2)
+    x_all = jnp.asarray(ds.x_train)
+    plain = Merger(m, spec, pre).moments(stack(*copies), x_all, hood, batches, shared)
+    augmented = Merger(m, spec, pre, augment=True)
+    moved = augmented.moments(stack(*copies), x_all, hood, batches, shared)
+    assert not np.allclose(plain.own_sum["P_conv1"], moved.own_sum["P_conv1"])  # the images were augmented
+    corr = augmented.correlations(stack(*copies), x_all, hood, batches, shared)
+    perms = augmented.match(stack(*copies), hood, corr)
+    for i, j, k in hood.edges():
+        for p in spec.perms:
+            diag = corr[p][i, k][np.arange(spec.sizes[p]), perms[p][i, k]]
+            live = diag != 0
+            assert live.sum() >= 4 and np.allclose(diag[live], 1.0, atol=1e-4), (p, i, j)
+
+
 def test_forward_plan_routes_neighbour_features_to_the_receivers_data():
     t = build_topology("one_peer_exponential", 8)  # directed: i hears i - 1
     hood = Neighbourhood.from_matrix(t.matrix(0))

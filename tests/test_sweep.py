@@ -44,6 +44,13 @@ def test_cells_and_names():
     cs = sweep.cells(grid)
     assert len(cs) == 4 and cs[0] == {"algorithm": "dimat", "dataset": "digits", "model": "cnn", "data.alpha": 0.1}
     assert sweep.cell_name(cs[0]) == "algorithm=dimat-dataset=digits-model=cnn-alpha=0.1"
+    # a list of grids: the union of the products, in order, each cell once
+    union = sweep.cells([{"seed": [0, 1], "topology": ["ring", "fc"], "algorithm": ["dimat"]},
+                         {"seed": [0, 1], "algorithm": ["local"]}, {"seed": [1], "algorithm": ["local"]}])
+    assert [sweep.cell_name(c) for c in union] == [
+        "seed=0-topology=ring-algorithm=dimat", "seed=0-topology=fc-algorithm=dimat",
+        "seed=1-topology=ring-algorithm=dimat", "seed=1-topology=fc-algorithm=dimat",
+        "seed=0-algorithm=local", "seed=1-algorithm=local"]
 
 
 def test_sweep_runs_skips_finished_cells_and_aggregates_across_seeds(tmp_path, monkeypatch):

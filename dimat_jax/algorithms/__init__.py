@@ -5,7 +5,7 @@
 - gossip family (``gossip.py``): ``cdsgd``, ``cdmsgd``, ``sgp`` (adapt-then-combine, as the
   reference ran it), ``sgp_pushsum`` (true Stochastic Gradient Push), ``cga`` (cross-gradient
   aggregation) — mix parameters every minibatch.
-- ``swarmsgd`` (``swarm.py``): one random edge steps and averages per interaction.
+- ``swarmsgd`` (``swarm.py``): one interacting pair at a time steps and (sometimes) averages.
 - ``local`` (Π = I) and ``centralized`` (one model on all data): ``local.py``.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 ALGORITHMS = ("dimat", "wa", "wm", "cdsgd", "cdmsgd", "sgp", "sgp_pushsum", "cga", "swarmsgd", "local", "centralized")
 MERGE_FAMILY = {"dimat": "activation", "wa": "identity", "wm": "weight"}
 GOSSIP_FAMILY = ("cdsgd", "cdmsgd", "sgp", "sgp_pushsum", "cga")
+SWARM_VARIANTS = ("reference", "uniform_edge")  # baseline.swarm_variant (swarm.py)
 
 # What each communicating algorithm requires of its mixing matrix (keyword arguments of
 # topology.build); local and centralized ignore the topology.

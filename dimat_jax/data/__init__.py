@@ -5,12 +5,13 @@ import dataclasses
 
 import numpy as np
 
-from dimat_jax.data.partition import PARTITIONS, PartitionError, label_histograms, partition
+from dimat_jax.data.partition import PARTITIONS, PartitionError, class_sample, label_histograms, partition
 from dimat_jax.data.pipeline import AUGMENTATIONS, Preprocess, epoch_batches, steps_per_epoch
-from dimat_jax.data.sources import DATASETS, DataError, Dataset, load
+from dimat_jax.data.sources import DATASETS, DataError, Dataset, load, pad_images, with_channels
 
 __all__ = ["AUGMENTATIONS", "DATASETS", "PARTITIONS", "AgentData", "DataError", "Dataset", "PartitionError",
-           "Preprocess", "epoch_batches", "label_histograms", "load", "partition", "prepare", "steps_per_epoch"]
+           "Preprocess", "epoch_batches", "label_histograms", "load", "partition", "prepare", "reshape_images",
+           "steps_per_epoch"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,11 +37,23 @@ class AgentData:
         return (seen * test_counts).sum(1) / max(1, len(self.dataset.y_test))
 
 
-def _subsample(x, y, limit, seed):
+def _subsample(x, y, limit, seed, stratified: bool = False):
+    """A seeded subset of ``limit`` examples (all when ``limit`` is 0 or too large): uniformly random,
+    or ``stratified`` by class (the class proportions kept)."""
     if limit <= 0 or limit >= len(y):
         return x, y
-    keep = np.sort(np.random.default_rng(seed).permutation(len(y))[:limit])
+    rng = np.random.default_rng(seed)
+    keep = class_sample(y, limit, rng) if stratified else np.sort(rng.permutation(len(y))[:limit])
     return x[keep], y[keep]
+
+
+def reshape_images(dataset: Dataset, pad_to: int = 0, channels: int = 0) -> Dataset:
+    """``dataset`` with images zero-padded to ``pad_to`` x ``pad_to`` and grey repeated to ``channels``
+    (0 = leave as they are), e.g. 28x28x1 Fashion-MNIST in the 32x32x3 layout of CIFAR models."""
+    if pad_to:
+        dataset = dataclasses.replace(dataset, x_train=pad_images(dataset.x_train, pad_to),
+                                      x_test=pad_images(dataset.x_test, pad_to))
+    return with_channels(dataset, channels) if channels else dataset
 
 
 def prepare(config, dataset: Dataset | None = None) -> AgentData:
@@ -54,7 +67,10 @@ def prepare(config, dataset: Dataset | None = None) -> AgentData:
                        normalization_flavour=d.normalization)
     xtr, ytr = _subsample(dataset.x_train, dataset.y_train, d.max_train_examples, config.seed)
     xte, yte = _subsample(dataset.x_test, dataset.y_test, d.max_test_examples, config.seed + 1)
-    dataset = dataclasses.replace(dataset, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+    xtr, ytr = _subsample(xtr, ytr, d.train_subset, config.seed + 2, stratified=True)
+    xte, yte = _subsample(xte, yte, d.test_subset, config.seed + 3, stratified=True)
+    dataset = reshape_images(dataclasses.replace(dataset, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte),
+                             d.pad_to, d.channels)
     if config.algorithm == "centralized":
         shards = [np.arange(len(ytr))]
     else:

@@ -118,3 +118,47 @@ def _dirichlet(labels, n, k, alpha, min_size, rng, max_tries=1000):
 def label_histograms(labels: np.ndarray, parts: list[np.ndarray], num_classes: int) -> np.ndarray:
     """[N, K] count of each class held by each agent."""
     return np.stack([np.bincount(labels[p], minlength=num_classes) for p in parts])
+
+
+def class_quotas(counts, total: int, balanced: bool = False) -> np.ndarray:
+    """How many of ``total`` examples to take from each class with ``counts`` [K] available.
+
+    ``balanced=False`` (stratified): proportional to the counts, remainders to the largest
+    fractional parts. ``balanced=True``: as equal as the counts allow (classes with fewer examples
+    give all they have; the rest is shared among the others). Never more than a class holds; the
+    quotas sum to ``min(total, counts.sum())``.
+    """
+    counts = np.asarray(counts, np.int64)
+    total = int(min(total, counts.sum()))
+    if balanced:
+        quota = np.zeros_like(counts)
+        left = total
+        open_ = counts > 0
+        while left > 0 and open_.any():
+            share = left // open_.sum()
+            if share == 0:  # fewer examples left than open classes: one more each to the fullest classes
+                order = np.argsort(-(counts - quota) * open_, kind="stable")[:left]
+                quota[order] += 1
+                break
+            give = np.where(open_, np.minimum(share, counts - quota), 0)
+            quota += give
+            left -= int(give.sum())
+            open_ = counts > quota
+        return quota
+    exact = counts * (total / max(1, counts.sum()))
+    quota = np.floor(exact).astype(np.int64)
+    rest = total - int(quota.sum())
+    order = np.argsort(-(exact - quota), kind="stable")[:rest]
+    quota[order] += 1
+    return quota
+
+
+def class_sample(labels: np.ndarray, total: int, rng: np.random.Generator, balanced: bool = False) -> np.ndarray:
+    """Sorted positions of a seeded sample of ``total`` examples of ``labels`` [n], stratified by
+    class (``balanced``: as class-balanced as the data allows; see :func:`class_quotas`)."""
+    labels = np.asarray(labels)
+    classes, inverse = np.unique(labels, return_inverse=True)
+    quota = class_quotas(np.bincount(inverse, minlength=len(classes)), total, balanced)
+    picks = [rng.choice(np.flatnonzero(inverse == c), q, replace=False) for c, q in enumerate(quota) if q]
+    return np.sort(np.concatenate(picks)) if picks else np.zeros(0, np.int64)
+

@@ -1,4 +1,5 @@
-"""Dataset sources: embedded digits, TFDS (CIFAR-10/100, MNIST, Fashion-MNIST), Tiny ImageNet, .npz.
+"""Dataset sources: embedded digits, MNIST / Fashion-MNIST IDX files, TFDS (CIFAR-10/100, MNIST,
+Fashion-MNIST), Tiny ImageNet, .npz.
 
 Every source returns a :class:`Dataset` of host numpy arrays, images NHWC (uint8 or float32) and
 int32 labels. Normalisation happens later, on device (see ``pipeline.py``), with the per-channel
@@ -64,6 +65,7 @@ _AUGMENT = {
 }
 
 TFDS_NAMES = ("cifar10", "cifar100", "mnist", "fashion_mnist")
+IDX_NAMES = ("mnist", "fashion_mnist")  # also read from a folder of IDX files (``data_path``)
 DATASETS = ("digits",) + TFDS_NAMES + ("tiny_imagenet", "npz")
 
 
@@ -78,6 +80,8 @@ def load(name: str, *, data_path: str = "", data_dir: str = "", normalization_fl
     """Load dataset ``name`` (one of :data:`DATASETS`)."""
     if name == "digits":
         ds = load_digits()
+    elif name in IDX_NAMES and data_path:
+        ds = load_idx(name, data_path)
     elif name in TFDS_NAMES:
         ds = load_tfds(name, data_dir=data_dir)
     elif name == "tiny_imagenet":
@@ -112,6 +116,30 @@ def _nhwc(x: np.ndarray, what: str) -> np.ndarray:
     if x.dtype != np.uint8:
         x = x.astype(np.float32)
     return x
+
+
+def pad_images(x: np.ndarray, size: int) -> np.ndarray:
+    """Zero-pad [n, H, W, C] images symmetrically to ``size`` x ``size`` (an odd margin puts the
+    extra row / column at the bottom / right), e.g. 28x28 MNIST to the 32x32 CIFAR layout."""
+    h, w = x.shape[1:3]
+    if size < max(h, w):
+        raise DataError(f"data.pad_to = {size} is smaller than the images ({h}x{w}); use 0 (no padding) or >= {max(h, w)}")
+    top, left = (size - h) // 2, (size - w) // 2
+    return np.pad(x, ((0, 0), (top, size - h - top), (left, size - w - left), (0, 0)))
+
+
+def with_channels(ds: "Dataset", channels: int) -> "Dataset":
+    """``ds`` with grey images repeated to ``channels`` (1 or 3) and its normalisation constants
+    repeated alike; a no-op when the images already have that many channels."""
+    c = ds.image_shape[-1]
+    if channels == c:
+        return ds
+    if c != 1:
+        raise DataError(f"data.channels = {channels}: only grey (1-channel) images can be repeated, but "
+                        f"{ds.name} images have {c} channels; use data.channels = 0 (keep) or {c}")
+    rep = lambda x: np.repeat(x, channels, axis=-1)  # noqa: E731
+    return dataclasses.replace(ds, x_train=rep(ds.x_train), x_test=rep(ds.x_test),
+                               mean=tuple(ds.mean) * channels, std=tuple(ds.std) * channels)
 
 
 def channel_stats(x: np.ndarray, pixel_max: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -179,13 +207,41 @@ def load_npz(path: str) -> Dataset:
     return _make("npz", **arrays, num_classes=num_classes, pixel_max=pixel_max, source=f"npz file {p}")
 
 
+# --------------------------------------------------------------------------- IDX folders
+def load_idx(name: str, path: str) -> Dataset:
+    """MNIST or Fashion-MNIST from a folder of the four standard IDX files (gzipped or not), e.g.
+    Debian's ``dataset-fashion-mnist`` package (``/usr/share/datasets/fashion-mnist``)."""
+    from dimat_jax.data.idx import IdxError, load_folder
+    try:
+        arrays = load_folder(path)
+    except IdxError as e:
+        raise DataError(f"dataset {name!r} from data_path: {e}") from e
+    return _make(name, **arrays, num_classes=10, pixel_max=255, mean=(0,), std=(1,),
+                 source=f"IDX files in {pathlib.Path(path).expanduser()}")
+
+
 # --------------------------------------------------------------------------- TFDS
 def _tfds_hint(name: str, data_dir: str) -> str:
     where = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
-    return (f"Prepare it once on a machine with internet access:\n"
+    hint = (f"Prepare it once on a machine with internet access:\n"
             f"  pip install tensorflow tensorflow-datasets\n"
             f"  tfds build {name} --data_dir={where} --file_format=array_record\n"
-            f"then copy that folder here and pass --config.data_dir=DIR (or set TFDS_DATA_DIR).")
+            f"then copy that folder here and pass --config.data.data_dir=DIR (or set TFDS_DATA_DIR).")
+    if name in IDX_NAMES:
+        hint += "\n" + _idx_hint(name)
+    return hint
+
+
+def _idx_hint(name: str) -> str:
+    if name == "fashion_mnist":
+        return ("Or, with no TFDS at all, read the four standard IDX files: on Debian/Ubuntu "
+                "`apt-get install dataset-fashion-mnist` puts them in /usr/share/datasets/fashion-mnist; pass "
+                "--config.data_path=/usr/share/datasets/fashion-mnist (any folder holding "
+                "train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], "
+                "t10k-labels-idx1-ubyte[.gz] works).")
+    return ("Or, with no TFDS at all, pass --config.data_path=DIR, a folder holding the four standard IDX files "
+            "train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], "
+            "t10k-labels-idx1-ubyte[.gz].")
 
 
 def load_tfds(name: str, data_dir: str = "") -> Dataset:
@@ -209,8 +265,8 @@ def load_tfds(name: str, data_dir: str = "") -> Dataset:
                 raise DataError(f"TFDS dataset {name!r} is not prepared in "
                                 f"{builder.data_dir}. {_tfds_hint(name, data_dir or '')}") from e
             splits[split] = _read_with_tensorflow(name, split, data_dir)
-        except (FileNotFoundError, AssertionError) as e:
-            raise DataError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir}: {e}. "
+        except (FileNotFoundError, AssertionError, KeyError) as e:  # KeyError: "splits is empty"
+            raise DataError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir}. "
                             f"{_tfds_hint(name, data_dir or '')}") from e
     (xtr, ytr), (xte, yte) = splits["train"], splits["test"]
     return _make(name, xtr, ytr, xte, yte, num_classes=num_classes, pixel_max=255, mean=(0,), std=(1,),

@@ -1,7 +1,7 @@
 """One merge round for all agents: BN re-estimation → activation statistics → host LSA →
-apply + mix → BN re-estimation (SPEC §2, §6): about 3 data passes for all agents together.
+apply + mix → BN re-estimation (docs/algorithm.md §2): about 3 data passes for all agents together.
 
-Which data the passes use (SPEC §2.6):
+Which data the passes use (docs/algorithm.md §2.6):
 - ``merge_data='local'`` (default): agent i uses only its own shard; for a neighbour's statistics
   it runs the neighbour's (received) model on its own data.
 - ``merge_data='global'``: every agent uses the whole training set (the reference code's
@@ -85,7 +85,8 @@ class Merger:
         self.per_agent_data = per_agent_data
         self.preprocess, self.strategy = preprocess, strategy
         self.matcher = matching.MATCHERS[matcher] if isinstance(matcher, str) else matcher
-        self._stats_step = stats.make_stats_step(model, spec, preprocess, strategy)
+        self.augment = augment
+        self._stats_step = stats.make_stats_step(model, spec, preprocess, strategy, augment=augment)
         self._bn_step = batchnorm.make_bn_moments_step(model, preprocess, strategy, augment=augment, mesh=mesh,
                                                        per_agent_data=per_agent_data)
         self._mix = make_mix(spec)
@@ -100,7 +101,7 @@ class Merger:
             plan = ExchangePlan.build(hood.nbr, num_devices(self.mesh))
             self._sharded[key] = (plan, stats.make_sharded_stats_step(self.model, self.spec, self.preprocess,
                                                                       self.mesh, plan, self.strategy,
-                                                                      self.per_agent_data),
+                                                                      self.per_agent_data, self.augment),
                                   make_sharded_mix(self.spec, self.mesh, plan))
         return self._sharded[key]
 
@@ -109,25 +110,32 @@ class Merger:
         """Stacked variables with every BN's statistics recomputed over ``batches`` ([T, N, B])."""
         return batchnorm.reestimate(self._bn_step, variables, x_all, batches, key)
 
-    def moments(self, variables: dict, x_all, hood: Neighbourhood, batches, shared_data: bool) -> stats.Moments:
+    def moments(self, variables: dict, x_all, hood: Neighbourhood, batches, shared_data: bool, key=None
+                ) -> stats.Moments:
+        """Accumulated activation moments over ``batches`` ([T, N, B]); batch t is augmented with
+        ``fold_in(key, t)`` when the merger augments."""
+        key = jax.random.PRNGKey(self.seed) if key is None else key
         if self.mesh is not None:  # receiver-major on the mesh (no feature maps cross devices)
             from dimat_jax.distributed import shard_agents
             _, step, _ = self._on_mesh(hood)
             m = shard_agents(stats.zero_moments(self.spec, hood.num_agents, hood.num_slots), self.mesh)
-            for idx in batches:
-                m = step(m, variables, x_all, shard_agents(jnp.asarray(idx), self.mesh))
+            for t, idx in enumerate(batches):
+                m = step(m, variables, x_all, shard_agents(jnp.asarray(idx), self.mesh), jax.random.fold_in(key, t))
             return m
         plan = ForwardPlan.build(hood, shared_data)
         nbr, src = jnp.asarray(hood.nbr), jnp.asarray(plan.src_block)
+        # shared data: one row (every agent's batch is the same), every model reads it
+        blocks = jnp.zeros((hood.num_agents, 1), jnp.int32) if shared_data else jnp.asarray(plan.blocks)
         m = stats.zero_moments(self.spec, hood.num_agents, hood.num_slots)
-        for idx in batches:
-            m = self._stats_step(m, variables, x_all, jnp.asarray(np.asarray(idx)[plan.blocks]), nbr, src)
+        for t, idx in enumerate(batches):
+            idx = jnp.asarray(np.asarray(idx)[:1] if shared_data else idx)
+            m = self._stats_step(m, variables, x_all, idx, blocks, nbr, src, jax.random.fold_in(key, t))
         return m
 
-    def correlations(self, variables: dict, x_all, hood: Neighbourhood, batches, shared_data: bool = False
-                     ) -> dict[str, np.ndarray]:
+    def correlations(self, variables: dict, x_all, hood: Neighbourhood, batches, shared_data: bool = False,
+                     key=None) -> dict[str, np.ndarray]:
         """p -> float32 [N, D, C, C]: receiver i's units (rows) vs neighbour slot k's units (columns)."""
-        return stats.correlations(self.moments(variables, x_all, hood, batches, shared_data))
+        return stats.correlations(self.moments(variables, x_all, hood, batches, shared_data, key))
 
     def match(self, variables: dict, hood: Neighbourhood, correlations=None) -> dict[str, np.ndarray]:
         ctx = matching.MatchContext(spec=self.spec, hood=hood, variables=variables, correlations=correlations,
@@ -166,7 +174,7 @@ class Merger:
         corr = None
         t = time.perf_counter()
         if self.matcher.needs_activations and hood.num_slots:
-            corr = self.correlations(variables, x_all, hood, batches, shared_data)
+            corr = self.correlations(variables, x_all, hood, batches, shared_data, jax.random.fold_in(key, 3))
             info.data_passes += 1
         info.stats_s = time.perf_counter() - t
 

@@ -1,6 +1,8 @@
-"""Activation statistics for all agents and all edges in one jitted pass per batch (SPEC §2.2).
+"""Activation statistics for all agents and all edges in one jitted pass per batch
+(docs/algorithm.md §2.2).
 
-Every model runs in eval mode on the batches its receivers need (see ``ForwardPlan``); each feature
+Every model runs in eval mode on the batches its receivers need (see ``ForwardPlan``), augmented
+like training batches when asked (``merge.augment``); each feature
 map [B, H, W, C] at a permutation's feature point is viewed as B·H·W samples of C units. Per
 receiver i and permutation p the pass accumulates, in float32 with HIGHEST-precision matmuls:
 sums and sums of squares of i's own units and of each neighbour's units on i's data, and the cross
@@ -40,10 +42,10 @@ def zero_moments(spec: PermutationSpec, n: int, d: int) -> Moments:
                    cross={p: z(n, d, c, c) for p, c in spec.sizes.items()})
 
 
-def feature_fn(model, spec: PermutationSpec, preprocess) -> Callable:
-    """``f(variables, x_raw [B, H, W, C]) -> {perm: [B·h·w, C]}`` features of one model, eval mode."""
+def feature_fn(model, spec: PermutationSpec) -> Callable:
+    """``f(variables, x [B, H, W, C] normalised) -> {perm: [B·h·w, C]}`` features of one model, eval mode."""
     def f(variables, x):
-        _, state = model.apply(variables, preprocess.eval(x), train=False, mutable=["intermediates"])
+        _, state = model.apply(variables, x, train=False, mutable=["intermediates"])
         feats = flatten(state["intermediates"])
         out = {}
         for p, path in spec.features.items():
@@ -53,20 +55,33 @@ def feature_fn(model, spec: PermutationSpec, preprocess) -> Callable:
     return f
 
 
-def make_stats_step(model, spec: PermutationSpec, preprocess, strategy: str = "auto") -> Callable:
-    """Jitted ``step(moments, variables, x_all, idx_blocks, nbr, src_block) -> moments``.
+def batch_inputs(preprocess, x_raw, key, augment: bool):
+    """Normalised model inputs of raw batches [R, B, H, W, C]: row r augmented with
+    ``fold_in(key, r)`` when ``augment`` (like a training batch), else only normalised. Every model
+    that sees row r sees the same images, so the cross moments compare like with like."""
+    if not augment:
+        return preprocess.eval(x_raw)
+    keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(x_raw.shape[0]))
+    return jax.vmap(preprocess.train)(keys, x_raw)
+
+
+def make_stats_step(model, spec: PermutationSpec, preprocess, strategy: str = "auto", augment: bool = False
+                    ) -> Callable:
+    """Jitted ``step(moments, variables, x_all, idx, blocks, nbr, src_block, key) -> moments``.
 
     ``variables``: stacked {'params', 'batch_stats'} [N, ...]; ``x_all``: raw training images;
-    ``idx_blocks`` int [N, L, B]: model m runs on images ``x_all[idx_blocks[m, l]]``; ``nbr`` and
-    ``src_block`` int [N, D] from the Neighbourhood and ForwardPlan.
+    ``idx`` int [R, B]: the batch of each data row (R = N, one per agent, or R = 1 for data shared
+    by all); ``blocks`` int [N, L]: model m runs on rows ``blocks[m]``; ``nbr`` and ``src_block`` int
+    [N, D] from the Neighbourhood and ForwardPlan; ``key`` augments the rows when ``augment``.
     """
-    features = feature_fn(model, spec, preprocess)
+    features = feature_fn(model, spec)
     feats_of = over_agents(lambda agent: features(*agent), strategy)  # (variables_m, x_m) per model
 
     @jax.jit
-    def step(m: Moments, variables, x_all, idx_blocks, nbr, src_block) -> Moments:
-        n, l, b = idx_blocks.shape
-        x = x_all[idx_blocks.reshape(n, l * b)]                 # [N, L*B, H, W, C]
+    def step(m: Moments, variables, x_all, idx, blocks, nbr, src_block, key) -> Moments:
+        n, l = blocks.shape
+        rows = batch_inputs(preprocess, x_all[idx], key, augment)   # [R, B, H, W, C]
+        x = rows[blocks].reshape((n, l * rows.shape[1]) + rows.shape[2:])  # [N, L*B, H, W, C]
         feats = feats_of((variables, x))                         # p -> [N, L*B*h*w, C]
         new = dataclasses.replace(m, count=dict(m.count), own_sum=dict(m.own_sum), own_sq=dict(m.own_sq),
                                   nbr_sum=dict(m.nbr_sum), nbr_sq=dict(m.nbr_sq), cross=dict(m.cross))
@@ -112,25 +127,27 @@ def correlations(m: Moments, eps: float = 1e-7) -> dict[str, np.ndarray]:
 
 
 def make_sharded_stats_step(model, spec: PermutationSpec, preprocess, mesh, plan, strategy: str = "auto",
-                            per_agent_data: bool = False) -> Callable:
+                            per_agent_data: bool = False, augment: bool = False) -> Callable:
     """:func:`make_stats_step` for agents sharded over a mesh, receiver-major: every device fetches
     its receivers' neighbour *models* (``plan``: collective-permutes for sparse graphs, an
     all-gather for dense ones) and runs them on its own agents' batches, so no feature map crosses
-    devices. Jitted ``step(moments, variables, x_all, idx [N, B]) -> moments``."""
+    devices. Jitted ``step(moments, variables, x_all, idx [N, B], key) -> moments``; receiver i's
+    batch is augmented with ``fold_in(key, i)`` when ``augment``."""
     from dimat_jax.distributed import candidates, sharded
-    features = feature_fn(model, spec, preprocess)
+    features = feature_fn(model, spec)
     cand_table = np.asarray(plan.cand)
     slots = cand_table.shape[1]
 
-    def local(m, variables, idx, cand, x_all):
+    def local(m, variables, idx, cand, keys, x_all):
         pool = candidates(variables, plan)
         x0 = x_all[0][idx[0]] if per_agent_data else x_all[idx[0]]
-        shapes = jax.eval_shape(features, jax.tree.map(lambda v: v[0], variables), x0)
+        shapes = jax.eval_shape(features, jax.tree.map(lambda v: v[0], variables), preprocess.eval(x0))
         samples = {p: a.shape[0] for p, a in shapes.items()}  # B·h·w per feature point (static)
 
         def receiver(args):
-            own, batch_idx, c, x_own = args
+            own, batch_idx, c, k, x_own = args
             x = x_own[batch_idx] if per_agent_data else x_all[batch_idx]
+            x = preprocess.train(k, x) if augment else preprocess.eval(x)
             f_own = features(own, x)
             f_nb = [features(jax.tree.map(lambda v: v[c[s]], pool), x) for s in range(slots)]
             out = {}
@@ -141,7 +158,7 @@ def make_sharded_stats_step(model, spec: PermutationSpec, preprocess, mesh, plan
             return out
 
         # the receiver's own data rides along when data is agent-local (else a placeholder: x_all is shared)
-        sums = over_agents(receiver, strategy)((variables, idx, cand, x_all if per_agent_data else cand))
+        sums = over_agents(receiver, strategy)((variables, idx, cand, keys, x_all if per_agent_data else cand))
         return Moments(count={p: m.count[p] + samples[p] for p in m.count},
                        own_sum={p: m.own_sum[p] + sums[p][0] for p in m.own_sum},
                        own_sq={p: m.own_sq[p] + sums[p][1] for p in m.own_sq},
@@ -149,10 +166,11 @@ def make_sharded_stats_step(model, spec: PermutationSpec, preprocess, mesh, plan
                        nbr_sq={p: m.nbr_sq[p] + sums[p][3] for p in m.nbr_sq},
                        cross={p: m.cross[p] + sums[p][4] for p in m.cross})
 
-    fn = sharded(local, mesh, 5) if per_agent_data else sharded(local, mesh, 4, 1)
+    fn = sharded(local, mesh, 6) if per_agent_data else sharded(local, mesh, 5, 1)
 
     @jax.jit
-    def step(m: Moments, variables, x_all, idx):
-        return fn(m, variables, idx, jnp.asarray(cand_table), x_all)
+    def step(m: Moments, variables, x_all, idx, key):
+        keys = jax.vmap(lambda a: jax.random.fold_in(key, a))(jnp.arange(idx.shape[0]))
+        return fn(m, variables, idx, jnp.asarray(cand_table), keys, x_all)
 
     return step
