@@ -9,7 +9,10 @@ computation is laid out inside the jitted step is the *agent strategy*:
   one XLA program; compile time grows with N). An optimization barrier between consecutive agents
   keeps XLA from interleaving them, so one agent's activations are live at a time. Fastest on CPU.
 - ``map``: ``jax.lax.map`` (a compiled loop; small programs, slow on CPU).
-- ``auto``: ``unrolled`` on CPU, ``vmap`` elsewhere (see experiments/benchmarks/agent_strategies.py).
+- ``chunked``: a ``lax.scan`` over chunks of :data:`CHUNK` agents, each chunk ``unrolled`` (the
+  remainder unrolled after the scan): compile time independent of N, for many agents on CPU.
+- ``auto``: on CPU ``unrolled`` up to :data:`MAX_UNROLLED` agents and ``chunked`` above; ``vmap``
+  elsewhere (see experiments/benchmarks/agent_strategies.py).
 """
 from __future__ import annotations
 
@@ -22,7 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-STRATEGIES = ("auto", "vmap", "unrolled", "map")
+STRATEGIES = ("auto", "vmap", "unrolled", "map", "chunked")
+MAX_UNROLLED = 8  # auto on CPU: unrolled up to this many agents, chunked above
+CHUNK = 4         # agents per chunk of the chunked strategy
 
 
 class AgentState(flax.struct.PyTreeNode):
@@ -41,13 +46,42 @@ class AgentState(flax.struct.PyTreeNode):
         return {"params": self.params, "batch_stats": self.batch_stats}
 
 
-def resolve_strategy(name: str, backend: str | None = None) -> str:
-    """Concrete strategy for ``name``; 'auto' picks by backend ('cpu' -> 'unrolled', else 'vmap')."""
+def resolve_strategy(name: str, backend: str | None = None, num_agents: int | None = None) -> str:
+    """Concrete strategy for ``name``; 'auto' picks by backend and agent count ('cpu' -> 'unrolled' up to
+    :data:`MAX_UNROLLED` agents, 'chunked' above; else 'vmap')."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown agent strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
     if name != "auto":
         return name
-    return "unrolled" if (backend or jax.default_backend()) == "cpu" else "vmap"
+    if (backend or jax.default_backend()) != "cpu":
+        return "vmap"
+    return "chunked" if num_agents is not None and num_agents > MAX_UNROLLED else "unrolled"
+
+
+def _unrolled(fn: Callable, stacked, shared):
+    """``fn`` over the leading axis of ``stacked`` as a Python loop, one agent's activations live at a time."""
+    n = jax.tree.leaves(stacked)[0].shape[0]
+    outs = []
+    for i in range(n):
+        inp = jax.tree.map(lambda x: x[i], stacked)
+        if outs:  # agent i starts after agent i-1 finished: one agent's activations live at a time
+            outs[-1], inp = jax.lax.optimization_barrier((outs[-1], inp))
+        outs.append(fn(inp, *shared))
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+
+def _chunked(fn: Callable, stacked, shared, chunk: int):
+    """``lax.scan`` over chunks of ``chunk`` agents (each chunk unrolled), then the remainder unrolled."""
+    n = jax.tree.leaves(stacked)[0].shape[0]
+    full = n // chunk * chunk
+    parts = []
+    if full:
+        body = jax.tree.map(lambda x: x[:full].reshape((full // chunk, chunk) + x.shape[1:]), stacked)
+        _, out = jax.lax.scan(lambda carry, xs: (carry, _unrolled(fn, xs, shared)), None, body)
+        parts.append(jax.tree.map(lambda x: x.reshape((full,) + x.shape[2:]), out))
+    if full < n:
+        parts.append(_unrolled(fn, jax.tree.map(lambda x: x[full:], stacked), shared))
+    return parts[0] if len(parts) == 1 else jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
 
 
 def over_agents(fn: Callable, strategy: str, mesh=None) -> Callable:
@@ -65,23 +99,15 @@ def over_agents(fn: Callable, strategy: str, mesh=None) -> Callable:
         def g_sharded(stacked, *shared):
             return sharded(lambda st, *sh: inner(st, *sh), mesh, 1, len(shared))(stacked, *shared)
         return g_sharded
-    strategy = resolve_strategy(strategy)
-    if strategy == "vmap":
-        def g(stacked, *shared):
+    def g(stacked, *shared):
+        concrete = resolve_strategy(strategy, num_agents=jax.tree.leaves(stacked)[0].shape[0])
+        if concrete == "vmap":
             return jax.vmap(fn, in_axes=(0,) + (None,) * len(shared))(stacked, *shared)
-    elif strategy == "map":
-        def g(stacked, *shared):
+        if concrete == "map":
             return jax.lax.map(lambda a: fn(a, *shared), stacked)
-    else:
-        def g(stacked, *shared):
-            n = jax.tree.leaves(stacked)[0].shape[0]
-            outs = []
-            for i in range(n):
-                inp = jax.tree.map(lambda x: x[i], stacked)
-                if outs:  # agent i starts after agent i-1 finished: one agent's activations live at a time
-                    outs[-1], inp = jax.lax.optimization_barrier((outs[-1], inp))
-                outs.append(fn(inp, *shared))
-            return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+        if concrete == "chunked":
+            return _chunked(fn, stacked, shared, CHUNK)
+        return _unrolled(fn, stacked, shared)
     return g
 
 

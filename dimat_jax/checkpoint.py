@@ -11,6 +11,7 @@ import json
 import os
 import pathlib
 import shutil
+import time
 
 import jax
 
@@ -72,7 +73,7 @@ _PRETRAIN_KEYS = ("dataset", "data_path", "model", "width", "num_agents", "parti
 
 # Keys added later: part of the fingerprint only when they differ from these defaults, so agents
 # cached before they existed keep their fingerprint (and cache path).
-_PRETRAIN_KEYS_SINCE = {"data.train_subset": 0, "data.pad_to": 0, "data.channels": 0}
+_PRETRAIN_KEYS_SINCE = {"data.train_subset": 0, "data.pad_to": 0, "data.channels": 0, "data.num_classes": 0}
 
 
 def _get(config, dotted: str):
@@ -105,16 +106,30 @@ def check_fingerprint(meta: dict, config, path) -> None:
         raise CheckpointError(f"pre-trained agents in {path} were made with other settings ({details})")
 
 
+def tree_checksums(tree) -> list[int]:
+    """CRC-32 of every leaf's bytes (in ``jax.tree.leaves`` order), from host copies."""
+    import zlib
+
+    import numpy as np
+    return [zlib.crc32(np.ascontiguousarray(np.asarray(x)).tobytes()) for x in jax.tree.leaves(tree)]
+
+
 class RunCheckpointer:
     """Round-indexed checkpoints of a run in ``<workdir>/checkpoints/<round>/`` (orbax): the stacked
     agent state (params, BatchNorm statistics, optimizer state) plus JSON meta (round, epoch and
-    step counters, communication counters, number of metrics records, wall time, algorithm extras).
-    Batch order, augmentation and merge data are pure functions of (seed, epoch / round), so no RNG
-    or data-iterator state needs saving."""
+    step counters, communication counters, number of metrics records, wall time, algorithm extras,
+    and a CRC-32 of every array). Batch order, augmentation and merge data are pure functions of
+    (seed, epoch / round), so no RNG or data-iterator state needs saving.
 
-    def __init__(self, workdir, keep: int = 2):
+    :meth:`restore_latest` resumes from the newest checkpoint whose arrays match their checksums;
+    a corrupt one is moved to ``<workdir>/checkpoints-corrupt/`` (kept, never deleted) and the next
+    older one is tried, so rotation never removes the last intact checkpoint."""
+
+    def __init__(self, workdir, keep: int = 2, verify: bool = True):
         import orbax.checkpoint as ocp
         self.dir = (pathlib.Path(workdir) / "checkpoints").absolute()
+        self.corrupt_dir = self.dir.with_name("checkpoints-corrupt")
+        self.verify = verify  # checksums need every array on this host (off for multi-process runs)
         self._ocp = ocp
         self.manager = ocp.CheckpointManager(self.dir, options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=False))
@@ -124,11 +139,15 @@ class RunCheckpointer:
 
     def save(self, round_: int, tree, meta: dict) -> None:
         ocp = self._ocp
+        if self.verify:
+            meta = {**meta, "checksums": {"kind": "crc32", "leaves": tree_checksums(tree)}}
         self.manager.save(round_, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
                                                           meta=ocp.args.JsonSave(meta)), force=True)
         self.manager.wait_until_finished()
 
     def restore(self, round_: int, abstract):
+        """(state, meta) of checkpoint ``round_``; :class:`CheckpointError` when it cannot be read or
+        its arrays do not match the checksums saved with it."""
         ocp = self._ocp
         target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract)
         try:
@@ -137,9 +156,38 @@ class RunCheckpointer:
         except Exception as e:  # orbax raises many types for truncated / foreign / mismatched data
             raise CheckpointError(
                 f"cannot restore checkpoint {self.dir / str(round_)}: it is corrupt or was written by another "
-                f"model / algorithm ({type(e).__name__}: {str(e)[:300]}). Nothing was changed; move that "
-                "directory away to resume from an earlier checkpoint, or use another --workdir.") from e
+                f"model / algorithm ({type(e).__name__}: {str(e)[:300]})") from e
+        saved = (out["meta"] or {}).get("checksums")
+        if self.verify and saved is not None:
+            got = tree_checksums(out["state"])
+            bad = [i for i, (a, b) in enumerate(zip(got, saved["leaves"])) if a != b]
+            if bad or len(got) != len(saved["leaves"]):
+                raise CheckpointError(f"checkpoint {self.dir / str(round_)} is corrupt: {len(bad)} of {len(got)} "
+                                      "arrays do not match the checksums saved with them")
         return out["state"], out["meta"]
+
+    def restore_latest(self, abstract, log=print):
+        """(round, state, meta) of the newest intact checkpoint, or None when there is none at all.
+        Corrupt ones are moved aside with a message; if every checkpoint is corrupt,
+        :class:`CheckpointError` (nothing is deleted)."""
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        if not steps:
+            return None
+        problems = []
+        for step in steps:
+            try:
+                state, meta = self.restore(step, abstract)
+            except CheckpointError as e:
+                problems.append(str(e))
+                self.corrupt_dir.mkdir(exist_ok=True)
+                dest = self.corrupt_dir / f"{step}-{int(time.time())}"
+                shutil.move(str(self.dir / str(step)), dest)
+                self.manager.reload()
+                log(f"{e}; moved it to {dest} and trying the previous checkpoint")
+                continue
+            return step, state, meta
+        raise CheckpointError("no intact checkpoint to resume from (" + "; ".join(problems)[:600] + "). They were "
+                              f"moved to {self.corrupt_dir}; rerun in another --workdir to start afresh.")
 
     def close(self) -> None:
         self.manager.close()

@@ -74,6 +74,7 @@ def get_default_config() -> ml_collections.ConfigDict:
     c.data.test_subset = 0        # likewise for the test set
     c.data.pad_to = 0             # zero-pad images to pad_to x pad_to (e.g. 32: 28x28 MNIST in the CIFAR layout); 0 = no
     c.data.channels = 0           # 1 or 3 (grey repeated to 3); 0 = the dataset's own
+    c.data.num_classes = 0        # dataset=npz: the class count K (labels 0..K-1); 0 = largest label + 1
 
     c.optim = ml_collections.ConfigDict()
     c.optim.momentum = 0.9        # msgd
@@ -92,6 +93,7 @@ def get_default_config() -> ml_collections.ConfigDict:
     c.merge = ml_collections.ConfigDict()   # dimat / wa / wm
     c.merge.batch_size = 100      # per agent, for the statistics and BatchNorm passes
     c.merge.num_batches = 0       # batches per pass; 0 = one full pass over the merge data
+    c.merge.num_examples = 0      # examples per agent per pass (a fresh class-balanced sample each round); 0 = see num_batches
     c.merge.augment = False       # augment the merge data (the reference does)
     c.merge.bn_before = True      # re-estimate BN of every model before matching (dimat)
     c.merge.bn_after = True       # re-estimate BN of the merged models (reference WA: no)
@@ -115,7 +117,7 @@ def get_default_config() -> ml_collections.ConfigDict:
     c.graph.torus_rows = 0          # topology=torus; 0 -> most square factorisation
 
     c.agents = ml_collections.ConfigDict()
-    c.agents.strategy = "auto"    # auto | vmap | unrolled | map (see dimat_jax/agents.py)
+    c.agents.strategy = "auto"    # auto | vmap | unrolled | map | chunked (see dimat_jax/agents.py)
     c.agents.conv_filter_grad = "auto"  # auto | xla | taps: conv filter gradients (dimat_jax/models/conv.py)
 
     c.mesh = ml_collections.ConfigDict()
@@ -126,6 +128,9 @@ def get_default_config() -> ml_collections.ConfigDict:
     c.distributed.coordinator = ""  # "host:port" of process 0 when not auto-detected
     c.distributed.num_processes = 0  # 0 = auto-detect
     c.distributed.process_id = -1   # -1 = auto-detect
+
+    c.guard = ml_collections.ConfigDict()
+    c.guard.divergence_factor = 100.0  # stop when an agent's mean training loss over an epoch exceeds this x ln K; 0 = off
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_rounds = 1  # save the full state every K rounds (and at the end); 0 = never
@@ -160,6 +165,11 @@ def _flat(c, prefix=""):
             yield from _flat(v, f"{prefix}{k}.")
         else:
             yield f"{prefix}{k}", v
+
+
+def dotted_keys() -> list[str]:
+    """Every key of the schema, dotted (``data.alpha``)."""
+    return [k for k, _ in _flat(get_default_config())]
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -220,6 +230,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          "set only one (likewise data.test_subset / data.max_test_examples)")
     need(c.data.pad_to >= 0, f"data.pad_to must be >= 0 (0 = no padding), got {c.data.pad_to}")
     need(c.data.channels in (0, 1, 3), f"data.channels must be 0 (the dataset's own), 1 or 3, got {c.data.channels}")
+    need(c.data.num_classes >= 0, f"data.num_classes must be >= 0 (0 = infer), got {c.data.num_classes}")
+    need(c.data.num_classes == 0 or c.dataset == "npz",
+         f"data.num_classes applies to dataset 'npz' only ({c.dataset!r} knows its classes); leave it 0")
+    need(c.seed >= 0, f"seed must be >= 0 (it seeds numpy and JAX generators), got {c.seed}")
     if c.model == "vgg16" and c.dataset in ("digits", "mnist", "fashion_mnist") and c.data.pad_to < 32:
         raise ConfigError(f"model 'vgg16' needs images of at least 32x32 but {c.dataset!r} images are "
                           f"{'8x8' if c.dataset == 'digits' else '28x28'}; use model 'cnn' or 'resnet20', or pad "
@@ -230,10 +244,15 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         if classes is not None:
             need(c.num_agents <= classes, f"partition 'noniid' gives class c to agent c mod N, so num_agents "
                  f"= {c.num_agents} > {classes} classes of {c.dataset!r} leaves agents without data")
-    need(c.merge.batch_size >= 1 and c.merge.num_batches >= 0, "merge.batch_size >= 1, merge.num_batches >= 0")
+    need(c.merge.batch_size >= 1 and c.merge.num_batches >= 0 and c.merge.num_examples >= 0,
+         "merge.batch_size >= 1, merge.num_batches >= 0, merge.num_examples >= 0")
+    need(not (c.merge.num_batches and c.merge.num_examples),
+         f"merge.num_batches = {c.merge.num_batches} and merge.num_examples = {c.merge.num_examples} both size the "
+         "merge passes; set one (the other 0)")
     need(0 < c.baseline.lr, "baseline.lr must be > 0")
     need(0 <= c.baseline.momentum < 1 and 0 < c.baseline.lr_decay <= 1,
          "baseline.momentum must be in [0, 1) and baseline.lr_decay in (0, 1]")
+    need(c.guard.divergence_factor >= 0, f"guard.divergence_factor must be >= 0 (0 = off), got {c.guard.divergence_factor}")
     need(c.mesh.devices >= 0, f"mesh.devices must be >= 0 (0 = all devices), got {c.mesh.devices}")
     if c.mesh.devices > 1:
         n = 1 if c.algorithm == "centralized" else c.num_agents

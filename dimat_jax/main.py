@@ -35,8 +35,32 @@ def _fail(msg: str) -> None:
     sys.exit(2)
 
 
+def _config_file_problem(e: BaseException) -> str | None:
+    """A one-line description of an error raised while loading the --config file, or None."""
+    if isinstance(e, SyntaxError):
+        return (f"cannot load --config: syntax error in {e.filename} line {e.lineno}: {e.msg}"
+                + (f" ({e.text.strip()})" if e.text else ""))
+    if isinstance(e, AttributeError) and "get_config" in str(e):
+        return "the --config file defines no get_config() (it must return a ConfigDict, see configs/quickstart.py)"
+    if type(e).__name__ == "ConfigError":
+        return f"invalid config: {e}"
+    return None
+
+
+def _suggest(key: str) -> str:
+    """' (did you mean "data.data_dir"?)' for an unknown override key, from the schema's keys."""
+    import difflib
+
+    from dimat_jax.config import dotted_keys
+    known = dotted_keys()
+    same_leaf = [k for k in known if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]]
+    hint = same_leaf or difflib.get_close_matches(key, known, n=1)
+    return f' (did you mean "{hint[0]}"?)' if hint else ""
+
+
 def _parse_flags(argv):
     """absl flag parsing that turns config mistakes into one-line errors instead of tracebacks."""
+    import re
     try:
         return flags.FLAGS(argv)
     except SystemExit as e:  # absl exits 1 after printing --help; asking for help is not an error
@@ -44,10 +68,25 @@ def _parse_flags(argv):
             sys.exit(0)
         raise
     except flags.Error as e:
+        problem, cause = None, e.__context__  # the config file's own exception, wrapped by ml_collections
+        while cause is not None:  # the innermost one says what went wrong
+            problem = _config_file_problem(cause) or problem
+            cause = cause.__context__
+        if problem:
+            _fail(problem)
+        unknown = re.search(r"flag '--?config\.([\w.]+)'", str(e))
+        if unknown:
+            _fail(f"unknown config key {unknown.group(1)!r}{_suggest(unknown.group(1))}")
         _fail(f"{e}\nRun with --help for usage.")
-    except (AttributeError, KeyError, TypeError, ValueError) as e:  # ml_collections: unknown key, bad type
+    except Exception as e:  # noqa: BLE001 — config files run arbitrary code; ml_collections: unknown key, bad type
+        problem = _config_file_problem(e)
+        if problem:
+            _fail(problem)
+        if not isinstance(e, (AttributeError, KeyError, TypeError, ValueError)):
+            raise
         msg = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'").replace('\\"', '"')
-        _fail(f"bad --config override: {msg}")
+        key = re.fullmatch(r"[\w.]+", msg)
+        _fail(f"bad --config override: {msg}" + (_suggest(msg) if key and "Did you mean" not in msg else ""))
 
 
 def default_workdir(config_path: str) -> pathlib.Path:
@@ -66,6 +105,8 @@ def main(argv):
             config.keys()  # ml_collections defers config-file errors to first access
     except OSError as e:
         _fail("cannot load --config: " + " ".join(str(e).split("\n", 1)[-1].split()))
+    except Exception as e:  # noqa: BLE001 — the config file's own code failed
+        _fail(_config_file_problem(e) or f"cannot load --config: {type(e).__name__}: {e}")
     if config is None:
         _fail("--config is required, e.g. --config configs/quickstart.py")
     from dimat_jax.config import ConfigError, validate  # heavy imports after flag parsing (fast --help)
@@ -91,7 +132,7 @@ def main(argv):
     except (ConfigError, DataError, PartitionError, ModelError, TopologyError, train.WorkdirError) as e:
         _fail(str(e))
     except train.NonFiniteError as e:
-        _fail(f"{e}. Results up to the last finite evaluation are in {workdir}/metrics.jsonl; the last good "
+        _fail(f"{e}. Results up to the last good evaluation are in {workdir}/metrics.jsonl; the last good "
               "checkpoint is kept")
     except train.RunInterrupted as e:
         print(str(e), file=sys.stderr)

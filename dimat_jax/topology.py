@@ -202,6 +202,8 @@ def from_file(path: str) -> np.ndarray:
     if not path:
         raise TopologyError("topology 'file' needs --config.topology_path=/path/to/matrix (.npy, .txt or .csv)")
     p = pathlib.Path(path).expanduser()
+    if p.is_dir():
+        raise TopologyError(f"topology_path {str(p)!r} is a directory; give the matrix file (.npy, .txt or .csv)")
     if not p.is_file():
         raise TopologyError(f"topology_path {str(p)!r} does not exist")
     try:

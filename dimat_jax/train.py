@@ -10,8 +10,6 @@ import dataclasses
 import json
 import math
 import pathlib
-import signal
-import threading
 import time
 from typing import Callable
 
@@ -25,64 +23,16 @@ from dimat_jax import agents, algorithms, checkpoint, comms, distributed, report
 from dimat_jax import topology as topology_lib
 from dimat_jax.algorithms import TOPOLOGY_NEEDS
 from dimat_jax.config import ConfigError, validate
+from dimat_jax.costs import FlopCounter
+from dimat_jax.guards import DivergenceError, NonFiniteError, check_losses, divergence_limit  # noqa: F401
+from dimat_jax.workdir import GracefulStop, WorkdirError, WorkdirLock, check_workdir, check_writable, set_aside_metrics
 from dimat_jax.data import AgentData, epoch_batches, prepare, steps_per_epoch
 from dimat_jax.models import build_model, check_input_shape
 from dimat_jax.optim import make_optimizer
 
 
-class WorkdirError(RuntimeError):
-    """The workdir already holds results; nothing is overwritten."""
-
-
-class NonFiniteError(FloatingPointError):
-    """Training produced a non-finite loss."""
-
-
 class RunInterrupted(RuntimeError):
     """Stopped on request (Ctrl-C / SIGTERM) after a checkpoint; rerunning the command resumes."""
-
-
-RESULT_FILES = ("metrics.jsonl", "config.json", "summary.json")
-IGNORED_ON_RESUME = ("log.",)  # settings that may change between a run and its resumption
-
-
-def _flat_dict(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat_dict(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def check_workdir(workdir, config) -> str:
-    """'fresh', 'resume' or 'finished' for running ``config`` in ``workdir``.
-
-    A workdir holding a run with other settings is refused (nothing is overwritten)."""
-    workdir = pathlib.Path(workdir)
-    if workdir.exists() and not workdir.is_dir():
-        raise WorkdirError(f"workdir {workdir} exists and is not a directory")
-    saved = workdir / "config.json"
-    if not saved.exists():
-        found = [f for f in RESULT_FILES if (workdir / f).exists()]
-        if found:
-            raise WorkdirError(f"workdir {workdir} holds results ({', '.join(found)}) but no config.json; nothing "
-                               "was overwritten. Choose another --workdir or move these files away.")
-        workdir.mkdir(parents=True, exist_ok=True)
-        return "fresh"
-    try:
-        old = _flat_dict(json.loads(saved.read_text()))
-    except (OSError, json.JSONDecodeError) as e:
-        raise WorkdirError(f"{saved} is unreadable ({e}); nothing was overwritten. Use another --workdir.") from e
-    new = _flat_dict(config.to_dict())
-    diff = sorted(k for k in set(old) | set(new)
-                  if old.get(k) != new.get(k) and not k.startswith(IGNORED_ON_RESUME))
-    if diff:
-        details = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in diff[:8])
-        raise WorkdirError(f"workdir {workdir} holds a run with other settings ({details}); nothing was "
-                           "overwritten. Choose another --workdir, or rerun with the same settings to resume it.")
-    return "finished" if (workdir / "summary.json").exists() else "resume"
 
 
 @dataclasses.dataclass
@@ -105,11 +55,12 @@ class Context:
     epoch: int = 0            # cumulative local epochs
     local_steps: int = 0      # cumulative local steps per agent
     writer: report.MetricsWriter | None = None
+    flops: FlopCounter = dataclasses.field(default_factory=FlopCounter)
     _steps: dict = dataclasses.field(default_factory=dict)
 
     @property
     def strategy(self) -> str:
-        return agents.resolve_strategy(self.config.agents.strategy)
+        return agents.resolve_strategy(self.config.agents.strategy, num_agents=self.data.num_agents)
 
     def optimizer(self, phase: str):
         c = self.config
@@ -158,43 +109,41 @@ def train_epochs(ctx: Context, state: agents.AgentState, step_fn, first_epoch: i
                  desc: str, extra_args: Callable | None = None) -> tuple[agents.AgentState, dict]:
     """Run ``num_epochs`` epochs of training for all agents, starting at global epoch ``first_epoch``
     (which fixes the batch order and augmentation): ``step_fn(state, x_train, y_train, idx, key,
-    *extra_args(epoch, step, t))`` with t counting steps within this call. Returns the state and the
-    per-agent mean training ``loss`` / ``accuracy`` ([N] arrays)."""
+    *extra_args(epoch, step, t))`` with t counting steps within this call. Returns the state and
+    ``loss`` / ``accuracy`` (per-agent means, [N] arrays), ``gflops`` (XLA's count of the steps, all
+    agents; 0 when ``step_fn`` cannot be lowered) and ``time_s``."""
     cfg, steps = ctx.config, ctx.steps_per_epoch
     key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 0xA06)
+    t_start = time.perf_counter()
+    step_gflops = None
     loss_sum = acc_sum = 0.0
     # disable=None: bars only on a terminal, so log files stay readable
     bar = tqdm(total=num_epochs * steps, desc=desc, leave=False, disable=None if ctx.progress else True,
                unit="step")
     prev, t = None, 0
+    limit = divergence_limit(ctx.data.dataset.num_classes, cfg.guard.divergence_factor)
     for e in range(first_epoch, first_epoch + num_epochs):
+        epoch_start = loss_sum
         idx = jnp.asarray(epoch_batches(ctx.data.shards, cfg.seed, e, steps, cfg.batch_size, ctx.per_agent_data))
         for s in range(steps):
             extra = extra_args(e, s, t) if extra_args else ()
-            state, m = step_fn(state, ctx.x_train, ctx.y_train, idx[s], jax.random.fold_in(key, e * steps + s),
-                               *extra)
+            args = (ctx.x_train, ctx.y_train, idx[s], jax.random.fold_in(key, e * steps + s), *extra)
+            state, m = step_fn(state, *args)
+            if step_gflops is None:  # after the call: the state is donated, its successor has the same shapes
+                step_gflops = ctx.flops.gflops(step_fn, state, *args)
             t += 1
             loss_sum, acc_sum = loss_sum + m["loss"], acc_sum + m["accuracy"]
             if prev is not None:  # keep one step in flight: an honest progress bar, no pipeline stall
                 jax.block_until_ready(prev)
             prev = m["loss"]
             bar.update(1)
-        epoch_loss = distributed.to_host(loss_sum)
-        check_finite(epoch_loss, f"epoch {e} ({desc})", bar)
-        bar.set_postfix(loss=f"{float(np.mean(epoch_loss)) / ((e - first_epoch + 1) * steps):.4f}")
+        epoch_loss = distributed.to_host(loss_sum - epoch_start) / steps  # [N] this epoch's mean
+        check_losses(epoch_loss, f"epoch {e} ({desc})", limit, bar)
+        bar.set_postfix(loss=f"{float(np.mean(epoch_loss)):.4f}")
     bar.close()
     n = max(1, num_epochs * steps)
-    return state, {"loss": distributed.to_host(loss_sum) / n, "accuracy": distributed.to_host(acc_sum) / n}
-
-
-def check_finite(per_agent_loss, where: str, bar=None) -> None:
-    loss = np.asarray(per_agent_loss)
-    if not np.all(np.isfinite(loss)):
-        if bar is not None:
-            bar.close()
-        bad = [int(i) for i in np.flatnonzero(~np.isfinite(loss))]
-        raise NonFiniteError(f"non-finite training loss for agent(s) {bad} in {where}; lower the learning "
-                             "rate (lr / pretrain.lr / baseline.lr) or check the data")
+    return state, {"loss": distributed.to_host(loss_sum) / n, "accuracy": distributed.to_host(acc_sum) / n,
+                   "gflops": (step_gflops or 0.0) * num_epochs * steps, "time_s": time.perf_counter() - t_start}
 
 
 def make_record(ctx: Context, *, round_: int, phase: str, ev: dict, train: dict | None,
@@ -208,6 +157,8 @@ def make_record(ctx: Context, *, round_: int, phase: str, ev: dict, train: dict 
         "mean_test_loss": float(loss.mean()), "per_agent_test_loss": loss.tolist(),
         "mean_train_loss": None if train is None else float(np.mean(train["loss"])),
         "mean_train_accuracy": None if train is None else float(np.mean(train["accuracy"])),
+        "train_gflops": None if train is None else float(train.get("gflops", 0.0)),
+        "train_time_s": None if train is None else float(train.get("time_s", 0.0)),
         "local_steps": ctx.local_steps, **ctx.counter.record(),
         "wall_time_s": time.perf_counter() - ctx.t0,
     }
@@ -227,7 +178,7 @@ def build_context(config, log=print) -> Context:
     check_input_shape(config.model, ds.image_shape)
     model = build_model(config.model, ds.num_classes, config.width, config.agents.conv_filter_grad)
     steps = steps_per_epoch([len(s) for s in data.shards], config.batch_size, config.data.steps_per_epoch)
-    strategy = agents.resolve_strategy(config.agents.strategy)
+    strategy = agents.resolve_strategy(config.agents.strategy, num_agents=data.num_agents)
     try:
         mesh = distributed.make_mesh(config.mesh.devices, data.num_agents)
     except distributed.MeshError as e:
@@ -305,19 +256,44 @@ def run(config: ml_collections.ConfigDict, workdir, log: Callable[[str], None] =
     if not primary:  # process 0 logs and writes the result files; every process computes
         log = lambda *a, **k: None  # noqa: E731
     workdir = pathlib.Path(workdir)
-    status = check_workdir(workdir, config)
-    distributed.barrier("dimat_jax:workdir-checked")
-    if status == "finished":
-        summary = json.loads((workdir / "summary.json").read_text())
-        log(f"the run in {workdir} has already finished (final mean test accuracy "
-            f"{100 * summary['final_mean_test_accuracy']:.2f} %); nothing to do")
-        return summary
+    if check_workdir(workdir, config) == "finished":
+        return _finished(workdir, log)
+    if primary:
+        check_writable(workdir)
+    lock = WorkdirLock(workdir) if primary else None  # one run per workdir (refused, not queued)
+    try:
+        status = check_workdir(workdir, config)  # again, under the lock
+        distributed.barrier("dimat_jax:workdir-checked")
+        if status == "finished":
+            return _finished(workdir, log)
+        return _run_locked(config, workdir, status, primary, log)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _finished(workdir, log) -> dict:
+    summary = json.loads((pathlib.Path(workdir) / "summary.json").read_text())
+    log(f"the run in {workdir} has already finished (final mean test accuracy "
+        f"{100 * summary['final_mean_test_accuracy']:.2f} %); nothing to do")
+    return summary
+
+
+def _run_locked(config, workdir: pathlib.Path, status: str, primary: bool, log) -> dict:
     if status == "fresh" and primary:
         report.write_json(workdir / "config.json", config.to_dict())
     ctx = build_context(config, log)
     ds, n = ctx.data.dataset, ctx.data.num_agents
     log(f"dataset {ds.name} ({ds.source}): {len(ds.y_train)} train / {len(ds.y_test)} test, "
         f"{ds.image_shape}, {ds.num_classes} classes; {ctx.data.preprocess}")
+    for note in ds.notes:
+        log(note)
+    sizes = [len(s) for s in ctx.data.shards]
+    small = [a for a, size in enumerate(sizes) if size < config.batch_size]
+    if small:
+        log(f"note: batch_size {config.batch_size} is larger than the shard of agent(s) {small[:8]}"
+            f"{' …' if len(small) > 8 else ''} (smallest: {min(sizes)} examples); their batches wrap around their "
+            "shard and repeat examples within a batch")
     hist, ceiling = ctx.data.histograms(), ctx.data.class_ceiling()
     log(f"partition {config.partition if config.algorithm != 'centralized' else 'all data (centralized)'}: "
         f"label histogram per agent\n{report.histogram_table(hist)}")
@@ -337,10 +313,11 @@ def run(config: ml_collections.ConfigDict, workdir, log: Callable[[str], None] =
             f"max degree {summary['max_degree']}" + (f", period {topo.period}" if topo.time_varying else ""))
 
     algo = algorithms.build(config.algorithm, ctx, topo)
-    ckpt = checkpoint.RunCheckpointer(workdir, config.checkpoint.keep) if config.checkpoint.every_rounds else None
-    start = ckpt.latest() if (ckpt is not None and status == "resume") else None
-    if start is None:
-        _set_aside_metrics(workdir, 0, log)
+    ckpt = (checkpoint.RunCheckpointer(workdir, config.checkpoint.keep, verify=not ctx.per_agent_data)
+            if config.checkpoint.every_rounds else None)
+    found = _restore(ckpt, ctx, algo, workdir) if (ckpt is not None and status == "resume") else None
+    if found is None:
+        set_aside_metrics(workdir, 0, log, primary, distributed.barrier)
         state, train_stats = pretrain(ctx)
         ctx.writer = report.MetricsWriter(workdir, enabled=primary)
         ctx.emit(state.variables, round_=0, phase="trained", train=train_stats)
@@ -348,7 +325,7 @@ def run(config: ml_collections.ConfigDict, workdir, log: Callable[[str], None] =
         start = 0
         _save(ckpt, 0, state, ctx, algo)
     else:
-        state = _restore(ckpt, start, ctx, algo, workdir)
+        start, state = found
     n_params = agents.num_params(state.params)
     where = (f"sharded over {distributed.num_devices(ctx.mesh)} {jax.default_backend()} devices (shard_map, "
              f"{ctx.strategy} within each)" if ctx.mesh is not None else
@@ -360,7 +337,7 @@ def run(config: ml_collections.ConfigDict, workdir, log: Callable[[str], None] =
     if hint:
         log(hint)
 
-    with _graceful_stop(log) as stop:
+    with GracefulStop(log) as stop:
         for r in range(start + 1, config.rounds + 1):
             state = algo.round(state, r)
             if ckpt is not None and (r % config.checkpoint.every_rounds == 0 or r == config.rounds or stop.requested):
@@ -393,69 +370,27 @@ def _save(ckpt, round_: int, state, ctx: Context, algo) -> None:
     ckpt.save(round_, state, meta)
 
 
-def _restore(ckpt, round_: int, ctx: Context, algo, workdir) -> agents.AgentState:
-    """Rebuild the run's state at the end of round ``round_`` from its checkpoint."""
+def _restore(ckpt, ctx: Context, algo, workdir) -> tuple[int, agents.AgentState] | None:
+    """(round, state) rebuilt from the newest intact checkpoint, or None when there is none."""
     c = ctx.config
     tx, _ = ctx.train_step("pretrain")
     template = algo.setup(agents.init_state(ctx.model, tx, ctx.data.dataset.image_shape, ctx.data.num_agents,
                                             c.seed))
-    state, meta = ckpt.restore(round_, template)
+    found = ckpt.restore_latest(template, ctx.log)
+    if found is None:
+        return None
+    round_, state, meta = found
     state = distributed.shard_agents(state, ctx.mesh)
     ctx.epoch, ctx.local_steps = meta["epoch"], meta["local_steps"]
     ctx.counter.messages = np.asarray(meta["messages"], np.int64)
     ctx.counter.bytes = np.asarray(meta["bytes"], np.int64)
     ctx.t0 = time.perf_counter() - meta["wall_time_s"]
     algo.load_extra_state(meta["algorithm"])
-    records = _set_aside_metrics(workdir, meta["records"], ctx.log)
+    records = set_aside_metrics(workdir, meta["records"], ctx.log, distributed.is_primary(), distributed.barrier)
     ctx.writer = report.MetricsWriter(workdir, enabled=distributed.is_primary())
     ctx.writer.records = records
     ctx.log(f"resuming {workdir} after round {round_} of {c.rounds} (epoch {ctx.epoch})")
-    return state
-
-
-def _set_aside_metrics(workdir, keep: int, log) -> list[dict]:
-    """Keep the first ``keep`` records of metrics.jsonl; move any later ones (written after the
-    checkpoint being resumed; they will be recomputed) to metrics.discarded.jsonl."""
-    path = pathlib.Path(workdir) / report.METRICS_FILE
-    if not path.exists():
-        return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    if len(lines) < keep:
-        raise checkpoint.CheckpointError(f"{path} has {len(lines)} records but the checkpoint expects {keep}; "
-                                         "it was edited or truncated. Nothing was changed.")
-    if len(lines) > keep and distributed.is_primary():
-        with open(pathlib.Path(workdir) / "metrics.discarded.jsonl", "a") as f:
-            f.write("\n".join(lines[keep:]) + "\n")
-        path.write_text("".join(line + "\n" for line in lines[:keep]))
-        log(f"{len(lines) - keep} metrics record(s) written after the last checkpoint were moved to "
-            "metrics.discarded.jsonl (they are recomputed now)")
-    distributed.barrier("dimat_jax:metrics-set-aside")
-    return [json.loads(line) for line in lines[:keep]]
-
-
-class _graceful_stop:
-    """First SIGINT / SIGTERM: finish the round, checkpoint, stop. Second SIGINT: abort at once."""
-
-    def __init__(self, log):
-        self.log, self.requested, self._old = log, False, {}
-
-    def _handler(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        self.log(f"\n{signal.Signals(signum).name} received: stopping after this round and saving a checkpoint "
-                 "(Ctrl-C again to abort without saving)")
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        return False
+    return round_, state
 
 
 def _progress_line(rec: dict, rounds: int) -> str:
@@ -477,7 +412,33 @@ def summarize(records: list[dict], config, n_params: int, wall: float) -> dict:
             "final_per_agent_test_accuracy": last["per_agent_test_accuracy"],
             "best_mean_test_accuracy": best["mean_test_accuracy"], "best_round": best["round"],
             "messages_sent_total": last["messages_sent_total"], "bytes_sent_total": last["bytes_sent_total"],
-            "wall_time_s": wall}
+            "wall_time_s": wall, **compute_summary(records)}
+
+
+def compute_summary(records: list[dict]) -> dict:
+    """Training vs merge compute (XLA GFLOPs, all agents) and time after pre-training, and what one
+    merge costs in local epochs of all agents, by compute and by time. The time ratio uses the
+    median merge and the median epoch after the first of each when there are several (the first
+    call of a pass includes its compilation)."""
+    after = [r for r in records if r["round"] > 0]
+    trained = [r for r in after if r.get("train_gflops") is not None]
+    merges = [r for r in after if r.get("merge_gflops") is not None]
+    out = {"pretrain_gflops": records[0].get("train_gflops") if records else None,
+           "train_gflops_total": sum(r["train_gflops"] for r in trained),
+           "train_time_s_total": sum(r["train_time_s"] for r in trained),
+           "merges": len(merges), "merge_gflops_total": sum(r["merge_gflops"] for r in merges),
+           "merge_time_s_total": sum(r["merge_time_s"] for r in merges)}
+    epochs = [(r, r["epoch"] - prev["epoch"]) for prev, r in zip(records, records[1:]) if r in trained]
+    epochs = [(r, e) for r, e in epochs if e > 0]
+    if merges and epochs:
+        steady = lambda xs: xs[1:] if len(xs) > 1 else xs  # noqa: E731
+        per_epoch_t = float(np.median([r["train_time_s"] / e for r, e in steady(epochs)]))
+        per_epoch_f = float(np.median([r["train_gflops"] / e for r, e in epochs]))
+        merge_t = float(np.median([r["merge_time_s"] for r in steady(merges)]))
+        merge_f = float(np.median([r["merge_gflops"] for r in merges]))
+        out["merge_cost_local_epochs_time"] = merge_t / per_epoch_t if per_epoch_t > 0 else None
+        out["merge_cost_local_epochs_gflops"] = merge_f / per_epoch_f if per_epoch_f > 0 else None
+    return out
 
 
 def format_summary(records: list[dict], summary: dict, workdir) -> str:
@@ -488,6 +449,14 @@ def format_summary(records: list[dict], summary: dict, workdir) -> str:
              f"{100 * summary['final_std_test_accuracy']:.2f} % (best {100 * summary['best_mean_test_accuracy']:.2f} % "
              f"at round {summary['best_round']}); {summary['messages_sent_total']:,} messages, "
              f"{summary['bytes_sent_total'] / 1e6:,.1f} MB sent; {summary['wall_time_s']:.1f} s",
+             *([f"compute after pre-training: training {summary['train_gflops_total']:,.1f} GFLOP in "
+                f"{summary['train_time_s_total']:.1f} s; {summary['merges']} merge(s) {summary['merge_gflops_total']:,.1f} "
+                f"GFLOP in {summary['merge_time_s_total']:.1f} s"
+                + (f" — one merge costs {summary['merge_cost_local_epochs_gflops']:.2f} local epochs of compute, "
+                   f"{summary['merge_cost_local_epochs_time']:.2f} of time"
+                   if summary.get("merge_cost_local_epochs_gflops") is not None
+                   and summary.get("merge_cost_local_epochs_time") is not None else "")]
+               if summary.get("merges") else []),
              f"outputs in {workdir}: " + " ".join(f for f in ("config.json", "partition.json", "topology.json",
                                                                "metrics.jsonl", "summary.json", "accuracy.png")
                                                   if (pathlib.Path(workdir) / f).exists())]

@@ -63,9 +63,11 @@ def _close(got, want, atol=2e-5):
 # zero gradient in exact arithmetic, and Adam normalises its ~1e-9 float noise into steps of size lr,
 # which makes that leaf (and the next BN's running mean) chaotic under any change of float order.
 @pytest.mark.parametrize("strategy,opt,arch", [("unrolled", "msgd", "cnn"), ("vmap", "adam", "resnet20"),
-                                               ("vmap", "msgd", "cnn"), ("map", "msgd", "cnn")])
-def test_stacked_equals_separate(setup, strategy, opt, arch):
+                                               ("vmap", "msgd", "cnn"), ("map", "msgd", "cnn"),
+                                               ("chunked", "msgd", "cnn")])
+def test_stacked_equals_separate(setup, strategy, opt, arch, monkeypatch):
     ds, _, pre, idx = setup
+    monkeypatch.setattr(agents, "CHUNK", 2)  # chunked: one scanned chunk of 2 agents and a remainder of 1
     model = build_model(arch, 10, 0.25)
     lr = 0.05 if opt == "msgd" else 1e-3
     tx = make_optimizer(opt, lr, momentum=0.9)
@@ -93,9 +95,10 @@ def test_agents_have_their_own_initialisation(setup):
     np.testing.assert_array_equal(k, np.asarray(again["params"]["conv2"]["kernel"]))
 
 
-@pytest.mark.parametrize("strategy", ["unrolled", "vmap"])
-def test_evaluate_equals_numpy_count(setup, strategy):
+@pytest.mark.parametrize("strategy", ["unrolled", "vmap", "chunked"])
+def test_evaluate_equals_numpy_count(setup, strategy, monkeypatch):
     ds, model, pre, _ = setup
+    monkeypatch.setattr(agents, "CHUNK", 2)
     v = agents.init_variables(model, (8, 8, 1), N, seed=1)
     test = agents.TestSet(ds.x_test[:50], ds.y_test[:50], batch_size=16)  # 4 batches, last one padded
     assert test.x.shape[:2] == (4, 16) and float(test.mask.sum()) == 50
@@ -113,6 +116,9 @@ def test_evaluate_equals_numpy_count(setup, strategy):
 
 def test_resolve_strategy():
     assert agents.resolve_strategy("auto", "cpu") == "unrolled"
+    assert agents.resolve_strategy("auto", "cpu", num_agents=agents.MAX_UNROLLED) == "unrolled"
+    assert agents.resolve_strategy("auto", "cpu", num_agents=agents.MAX_UNROLLED + 1) == "chunked"
+    assert agents.resolve_strategy("auto", "gpu", num_agents=100) == "vmap"
     assert agents.resolve_strategy("auto", "gpu") == "vmap"
     assert agents.resolve_strategy("auto", "tpu") == "vmap"
     assert agents.resolve_strategy("map") == "map"

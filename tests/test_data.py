@@ -134,7 +134,7 @@ def test_npz_errors(tmp_path):
     with pytest.raises(DataError, match="integer labels"):
         sources.load("npz", data_path=str(f))
     (tmp_path / "junk.npz").write_text("not a zip")
-    with pytest.raises(DataError, match="cannot read"):
+    with pytest.raises(DataError, match="not an .npz archive"):
         sources.load("npz", data_path=str(tmp_path / "junk.npz"))
 
 

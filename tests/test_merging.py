@@ -115,7 +115,8 @@ def features_numpy(model, variables, x, path):
 
 
 @pytest.mark.parametrize("shared", [False, True])
-def test_statistics_equal_naive_numpy_pearson(digits, shared):
+@pytest.mark.parametrize("strategy", ["vmap", "unrolled"])
+def test_statistics_equal_naive_numpy_pearson(digits, shared, strategy):
     ds, pre = digits
     m = build_model("cnn", 10, 0.25)
     n = 3
@@ -125,7 +126,7 @@ def test_statistics_equal_naive_numpy_pearson(digits, shared):
     hood = Neighbourhood.from_matrix(w)
     shards = [np.arange(a, 900, n) for a in range(n)]
     batches = merge_batches(shards, "global" if shared else "local", 32, 2, seed=1)
-    corr = Merger(m, spec, pre, strategy="vmap").correlations(v, jnp.asarray(ds.x_train), hood, batches, shared)
+    corr = Merger(m, spec, pre, strategy=strategy).correlations(v, jnp.asarray(ds.x_train), hood, batches, shared)
     for i, j, k in hood.edges():
         xi = pre.eval(jnp.asarray(ds.x_train[batches[:, i].ravel()]))  # i's data (2 batches)
         vi, vj = (jax.tree.map(lambda x: x[a], v) for a in (i, j))

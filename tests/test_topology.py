@@ -42,7 +42,8 @@ def test_torus_exponential_disconnected():
 
 def test_erdos_renyi_connected_doubly_stochastic_seeded():
     a = topology.build("erdos_renyi", 12, seed=3, edge_probability=0.3).matrix()
-    np.testing.assert_allclose(a.sum(0), 1) and np.testing.assert_allclose(a.sum(1), 1)
+    np.testing.assert_allclose(a.sum(0), 1)
+    np.testing.assert_allclose(a.sum(1), 1)
     np.testing.assert_allclose(a, a.T)
     assert topology.is_connected(a)
     np.testing.assert_array_equal(a, topology.build("erdos_renyi", 12, seed=3, edge_probability=0.3).matrix())

@@ -70,7 +70,8 @@ class MergeFamily(Algorithm):
             self.hoods[w.tobytes()] = Neighbourhood.from_matrix(w)
         hood = self.hoods[w.tobytes()]
         batches = merge_batches(ctx.data.shards, c.merge_data, c.merge.batch_size, c.merge.num_batches, c.seed, r,
-                                positions=ctx.per_agent_data)
+                                positions=ctx.per_agent_data, num_examples=c.merge.num_examples,
+                                labels=ctx.data.dataset.y_train)
         merged, info = self.merger.merge(state.variables, hood, ctx.x_train, batches, shared_data=self.shared,
                                          reestimate_before=c.merge.bn_before, reestimate_after=c.merge.bn_after,
                                          key=jax.random.fold_in(jax.random.PRNGKey(c.seed), 0x3E + r))
@@ -84,7 +85,8 @@ class MergeFamily(Algorithm):
         state = state.replace(params=merged["params"], batch_stats=merged["batch_stats"])
         extra = {"merge_time_s": info.total_s, "merge_stage_s": {
             "bn_before": info.bn_before_s, "statistics": info.stats_s, "matching": info.match_s,
-            "mix": info.mix_s, "bn_after": info.bn_after_s}, "merge_data_passes": info.data_passes}
+            "mix": info.mix_s, "bn_after": info.bn_after_s}, "merge_data_passes": info.data_passes,
+            "merge_examples": info.examples_per_pass, "merge_gflops": info.gflops}
         if info.mean_matched_correlation:
             extra["mean_matched_correlation"] = float(np.mean(list(info.mean_matched_correlation.values())))
         ctx.emit(state.variables, round_=r, phase="merged", extra=extra)

@@ -19,6 +19,7 @@ messages (a -> b, b -> a) per averaging interaction.
 from __future__ import annotations
 
 import functools
+import time
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +31,7 @@ from dimat_jax.algorithms import SWARM_VARIANTS as VARIANTS  # noqa: F401  (re-e
 from dimat_jax.algorithms import Algorithm
 from dimat_jax.agents import AgentState, make_agent_grads, over_agents
 from dimat_jax.data.pipeline import epoch_batches, stream_positions
-from dimat_jax.train import check_finite
+from dimat_jax.guards import check_losses, divergence_limit
 
 
 def make_swarm_step(model, preprocess, *, strategy: str = "auto", bn_mode: str = "ema", momentum: float = 0.0):
@@ -141,6 +142,7 @@ class Swarm(Algorithm):
         key = jax.random.fold_in(jax.random.PRNGKey(c.seed), 0x5A4)
         message_bytes = comms.payload_bytes(state.params)
         loss_sum, acc_sum, count = np.zeros(n), np.zeros(n), np.zeros(n)
+        t_start, step_gflops, interactions = time.perf_counter(), None, 0
         bar = tqdm(total=c.local_epochs * self.per_epoch, desc=f"round {r}/{c.rounds}", leave=False,
                    disable=None if ctx.progress else True, unit="step")
         for e in range(ctx.epoch, ctx.epoch + c.local_epochs):
@@ -153,8 +155,12 @@ class Swarm(Algorithm):
                 t = (e - self.first_epoch) * self.per_epoch + s
                 pair, idx = self._pair_and_batches(rng, e, s, t, epoch_idx)
                 average = averages_at(t, b.swarm_i1, b.swarm_i2) if self.reference else True
-                state, m = self.step(state, ctx.x_train, ctx.y_train, jnp.asarray(pair), jnp.asarray(idx, jnp.int32),
-                                     jax.random.fold_in(key, t), lr, jnp.bool_(average))
+                args = (ctx.x_train, ctx.y_train, jnp.asarray(pair), jnp.asarray(idx, jnp.int32),
+                        jax.random.fold_in(key, t), lr, jnp.bool_(average))
+                state, m = self.step(state, *args)
+                if step_gflops is None:
+                    step_gflops = ctx.flops.gflops(self.step, state, *args)
+                interactions += 1
                 pending.append((pair, m))
                 if average:
                     ctx.counter.add(np.bincount(pair, minlength=n), message_bytes)
@@ -163,12 +169,15 @@ class Swarm(Algorithm):
                 loss_sum[pair] += np.asarray(m["loss"])
                 acc_sum[pair] += np.asarray(m["accuracy"])
                 count[pair] += 1
-            check_finite(loss_sum, f"epoch {e}, round {r} (swarmsgd)", bar)
+            check_losses(loss_sum / np.maximum(count, 1), f"epoch {e}, round {r} (swarmsgd)",
+                         divergence_limit(ctx.data.dataset.num_classes, c.guard.divergence_factor), bar)
         bar.close()
         ctx.epoch += c.local_epochs
         ctx.local_steps += c.local_epochs * ctx.steps_per_epoch
         count = np.maximum(count, 1)
-        ctx.emit(state.variables, round_=r, phase="trained", train={"loss": loss_sum / count, "accuracy": acc_sum / count})
+        ctx.emit(state.variables, round_=r, phase="trained", train={
+            "loss": loss_sum / count, "accuracy": acc_sum / count, "gflops": (step_gflops or 0.0) * interactions,
+            "time_s": time.perf_counter() - t_start})
         return state
 
     def extra_state(self) -> dict:

@@ -64,7 +64,7 @@ def prepare(config, dataset: Dataset | None = None) -> AgentData:
     d = config.data
     if dataset is None:
         dataset = load(config.dataset, data_path=config.data_path, data_dir=d.data_dir,
-                       normalization_flavour=d.normalization)
+                       normalization_flavour=d.normalization, num_classes=d.num_classes)
     xtr, ytr = _subsample(dataset.x_train, dataset.y_train, d.max_train_examples, config.seed)
     xte, yte = _subsample(dataset.x_test, dataset.y_test, d.max_test_examples, config.seed + 1)
     xtr, ytr = _subsample(xtr, ytr, d.train_subset, config.seed + 2, stratified=True)

@@ -35,6 +35,7 @@ class Dataset:
     augment: str              # default augmentation: 'none' | 'crop' | 'flip' | 'crop_flip'
     crop_padding: int         # default padding of the random crop
     source: str               # where the arrays came from (logged)
+    notes: tuple = ()         # warnings about the data, logged at the start of a run
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -76,8 +77,9 @@ def normalization(name: str, flavour: str = "dataset") -> tuple[tuple[float, ...
     return NORMALIZATION[name]
 
 
-def load(name: str, *, data_path: str = "", data_dir: str = "", normalization_flavour: str = "dataset") -> Dataset:
-    """Load dataset ``name`` (one of :data:`DATASETS`)."""
+def load(name: str, *, data_path: str = "", data_dir: str = "", normalization_flavour: str = "dataset",
+         num_classes: int = 0) -> Dataset:
+    """Load dataset ``name`` (one of :data:`DATASETS`); ``num_classes`` states K for ``npz`` (0: infer)."""
     if name == "digits":
         ds = load_digits()
     elif name in IDX_NAMES and data_path:
@@ -87,7 +89,7 @@ def load(name: str, *, data_path: str = "", data_dir: str = "", normalization_fl
     elif name == "tiny_imagenet":
         ds = load_tiny_imagenet(data_path)
     elif name == "npz":
-        ds = load_npz(data_path)
+        ds = load_npz(data_path, num_classes)
     else:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if name in NORMALIZATION:
@@ -99,6 +101,12 @@ def load(name: str, *, data_path: str = "", data_dir: str = "", normalization_fl
 def _make(name, x_train, y_train, x_test, y_test, *, num_classes, pixel_max, source, mean=None, std=None):
     aug, pad = _AUGMENT[name]
     x_train, x_test = _nhwc(x_train, "x_train"), _nhwc(x_test, "x_test")
+    for what, x in (("training", x_train), ("test", x_test)):
+        if len(x) == 0:
+            raise DataError(f"{name} ({source}) has no {what} examples")
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise DataError(f"{name} ({source}): training images are {x_train.shape[1:]} but test images "
+                        f"{x_test.shape[1:]}; both splits need the same image shape")
     if mean is None:
         mean, std = channel_stats(x_train, pixel_max)
     return Dataset(name=name, x_train=x_train, y_train=np.asarray(y_train, np.int32),
@@ -165,11 +173,14 @@ def load_digits() -> Dataset:
 
 
 # --------------------------------------------------------------------------- local .npz files
-def load_npz(path: str) -> Dataset:
+def load_npz(path: str, num_classes: int = 0) -> Dataset:
     """A user's ``.npz`` with ``x_train, y_train, x_test, y_test``.
 
-    Images NHWC or NHW (grayscale), uint8 (0..255) or float (already scaled, white = 1.0);
-    integer labels 0..K-1. Normalisation statistics are computed from ``x_train``.
+    Images NHWC or NHW (grayscale), uint8 (0..255) or float (already scaled, white = 1.0), the same
+    dtype, scale and image shape in both splits, every pixel finite; integer labels 0..K-1 with K
+    = ``num_classes`` (0: inferred as the largest label + 1, which must leave at most half the
+    classes empty). Every test class must occur in training. Normalisation statistics are computed
+    from ``x_train``. Anything else raises :class:`DataError` naming the array and the fix.
     """
     if not path:
         raise DataError("dataset 'npz' needs --config.data_path=/path/to/file.npz "
@@ -177,16 +188,50 @@ def load_npz(path: str) -> Dataset:
     p = pathlib.Path(path).expanduser()
     if not p.is_file():
         raise DataError(f"data_path {str(p)!r} does not exist or is not a file")
+    arrays = _read_npz(p)
+    _check_npz(arrays, p)
+    x_train = arrays["x_train"]
+    pixel_max = 255.0 if x_train.dtype == np.uint8 else 1.0
+    k = _npz_classes(arrays["y_train"], arrays["y_test"], num_classes, p)
+    notes = ()
+    empty = sorted(set(range(k)) - set(np.unique(arrays["y_train"]).tolist()))
+    if empty:
+        notes = (f"note: class(es) {_short(empty)} of 0..{k - 1} have no training example in {p}; the model has "
+                 f"{k} outputs",)
+    ds = _make("npz", **arrays, num_classes=k, pixel_max=pixel_max, source=f"npz file {p}")
+    return dataclasses.replace(ds, notes=notes)
+
+
+def _short(values, limit: int = 8) -> str:
+    values = list(values)
+    return ", ".join(map(str, values[:limit])) + (f", … ({len(values)} in all)" if len(values) > limit else "")
+
+
+def _read_npz(p: pathlib.Path) -> dict:
+    import zipfile
+    import zlib
+    head = p.read_bytes()[:6]
+    if head.startswith(b"\x93NUMPY"):
+        raise DataError(f"{p} is a single .npy array, not an .npz archive; save the four arrays together with "
+                        "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)")
+    if not head.startswith(b"PK"):
+        raise DataError(f"{p} is not an .npz archive (a zip file written by np.savez; it starts with {head!r}); "
+                        "save the four arrays with np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)")
     try:
         with np.load(p, allow_pickle=False) as f:
             missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f.files]
             if missing:
                 raise DataError(f"{p} lacks array(s) {', '.join(missing)}; it has {', '.join(f.files)}")
-            arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-    except (OSError, ValueError) as e:
-        if isinstance(e, DataError):
-            raise
-        raise DataError(f"cannot read {p} as a .npz archive: {e}") from e
+            return {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as e:
+        raise DataError(f"cannot read {p} as a .npz archive: it is truncated or corrupt "
+                        f"({type(e).__name__}: {e}); write it again with np.savez") from e
+
+
+def _check_npz(arrays: dict, p) -> None:
+    """Shapes, dtypes, scales and finiteness of the four arrays (see :func:`load_npz`)."""
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if not np.issubdtype(y.dtype, np.integer):
@@ -194,17 +239,54 @@ def load_npz(path: str) -> Dataset:
         if y.ndim != 1 or len(y) != len(x):
             raise DataError(f"y_{split} in {p} must be 1-D with one label per image: "
                             f"x_{split} {x.shape}, y_{split} {y.shape}")
-        if len(y) and y.min() < 0:
+        if len(y) == 0:
+            raise DataError(f"x_{split} in {p} holds no examples")
+        if y.min() < 0:
             raise DataError(f"y_{split} in {p} has negative labels")
-    x_train = arrays["x_train"]
-    if x_train.dtype == np.uint8:
-        pixel_max = 255.0
-    elif np.issubdtype(x_train.dtype, np.floating) or np.issubdtype(x_train.dtype, np.integer):
-        pixel_max = 1.0
+        if not (x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating)):
+            raise DataError(f"x_{split} in {p} has dtype {x.dtype}; use uint8 (0..255) or float (white = 1.0)")
+        if np.issubdtype(x.dtype, np.floating):
+            bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+            if bad:
+                raise DataError(f"x_{split} in {p} has {bad} non-finite pixel value(s) (NaN or inf); fix or drop "
+                                "those images")
+    xtr, xte = arrays["x_train"], arrays["x_test"]
+    if (xtr.dtype == np.uint8) != (xte.dtype == np.uint8):
+        raise DataError(f"x_train in {p} is {xtr.dtype} but x_test is {xte.dtype}: both splits must be uint8 "
+                        "(0..255) or both float (white = 1.0), else the test images are on another scale")
+    if xtr.dtype != np.uint8:
+        top_tr, top_te = float(np.max(xtr)), float(np.max(xte))
+        if (top_tr <= 1.0) != (top_te <= 1.0) and max(top_tr, top_te) > 1.5:
+            raise DataError(f"x_train in {p} has pixels up to {top_tr:g} but x_test up to {top_te:g}: the splits "
+                            "are on different scales (0..1 vs 0..255?); scale both the same way")
+    shape = lambda x: x.shape[1:] if x.ndim == 4 else x.shape[1:] + (1,)  # noqa: E731
+    if shape(xtr) != shape(xte):
+        raise DataError(f"x_train in {p} holds images of shape {shape(xtr)} but x_test {shape(xte)}; "
+                        "both splits need the same image shape")
+
+
+def _npz_classes(y_train, y_test, num_classes: int, p) -> int:
+    """The class count K (``num_classes`` or inferred), after checking every label against it."""
+    seen_train = set(np.unique(y_train).tolist())
+    top = int(max(y_train.max(), y_test.max()))
+    if num_classes:
+        if top >= num_classes:
+            where = "y_train" if y_train.max() >= num_classes else "y_test"
+            raise DataError(f"{where} in {p} has label {top}, but data.num_classes = {num_classes} allows 0.."
+                            f"{num_classes - 1}")
+        k = num_classes
     else:
-        raise DataError(f"x_train in {p} has unsupported dtype {x_train.dtype}; use uint8 or float")
-    num_classes = int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
-    return _make("npz", **arrays, num_classes=num_classes, pixel_max=pixel_max, source=f"npz file {p}")
+        k = top + 1
+        distinct = len(seen_train | set(np.unique(y_test).tolist()))
+        if distinct * 2 < k:
+            raise DataError(f"labels in {p} take {distinct} distinct values but reach {top}: a {k}-class model would "
+                            f"leave {k - distinct} classes empty. Relabel them 0..{distinct - 1}, or set "
+                            "--config.data.num_classes to the true class count")
+    unseen = sorted(set(np.unique(y_test).tolist()) - seen_train)
+    if unseen:
+        raise DataError(f"y_test in {p} holds class(es) {_short(unseen)} that no training example has; no agent can "
+                        "learn them. Drop those test examples (or add training examples of them)")
+    return k
 
 
 # --------------------------------------------------------------------------- IDX folders
