@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from dimat_jax.choices import STRATEGIES  # noqa: F401  (re-exported)
 
-STRATEGIES = ("auto", "vmap", "unrolled", "map", "chunked")
 MAX_UNROLLED = 8  # auto on CPU: unrolled up to this many agents, chunked above
 CHUNK = 4         # agents per chunk of the chunked strategy
 
@@ -167,7 +167,8 @@ def make_agent_grads(model, preprocess, bn_mode: str = "ema") -> Callable:
     """
     if bn_mode not in BN_MODES:
         raise ValueError(f"unknown bn_mode {bn_mode!r}; choose one of {BN_MODES}")
-    momentum = 0.9  # dimat_jax.models.layers.BatchNorm default
+    from dimat_jax.models.layers import BatchNorm
+    momentum = BatchNorm.momentum  # the running-average momentum every model's BatchNorm uses
 
     def grads_fn(params, batch_stats, x, y, key, bn_count=None):
         x = preprocess.train(key, x)

@@ -15,6 +15,7 @@ import time
 
 import jax
 
+from dimat_jax.config import get_key
 from dimat_jax.report import write_json
 
 
@@ -76,16 +77,10 @@ _PRETRAIN_KEYS = ("dataset", "data_path", "model", "width", "num_agents", "parti
 _PRETRAIN_KEYS_SINCE = {"data.train_subset": 0, "data.pad_to": 0, "data.channels": 0, "data.num_classes": 0}
 
 
-def _get(config, dotted: str):
-    for part in dotted.split("."):
-        config = config[part]
-    return config
-
-
 def pretrain_fingerprint(config) -> dict:
-    out = {key: _get(config, key) for key in _PRETRAIN_KEYS}
-    out.update({key: _get(config, key) for key, default in _PRETRAIN_KEYS_SINCE.items()
-                if _get(config, key) != default})
+    out = {key: get_key(config, key) for key in _PRETRAIN_KEYS}
+    out.update({key: get_key(config, key) for key, default in _PRETRAIN_KEYS_SINCE.items()
+                if get_key(config, key) != default})
     out["centralized"] = config.algorithm == "centralized"
     return out
 

@@ -1,4 +1,5 @@
-"""Communication accounting: messages and bytes sent, per agent and in total.
+"""Communication accounting: what one message weighs and who sends how many (the run's cumulative
+counts live in ``services.RunCounters``).
 
 A message is one model-sized payload from one agent to another. Π[i, j] > 0 (i ≠ j) means agent j
 sends to agent i. Bytes are the real byte size of the payload (parameters, plus BatchNorm
@@ -22,20 +23,3 @@ def senders(w: np.ndarray) -> np.ndarray:
     w = np.asarray(w)
     off = (w > 0) & ~np.eye(w.shape[0], dtype=bool)
     return off.sum(0)
-
-
-class Counter:
-    """Cumulative messages and bytes sent per agent."""
-
-    def __init__(self, num_agents: int):
-        self.messages = np.zeros(num_agents, np.int64)
-        self.bytes = np.zeros(num_agents, np.int64)
-
-    def add(self, per_agent_messages, message_bytes: int, times: int = 1) -> None:
-        m = np.asarray(per_agent_messages, np.int64) * times
-        self.messages += m
-        self.bytes += m * int(message_bytes)
-
-    def record(self) -> dict:
-        return {"messages_sent_total": int(self.messages.sum()), "bytes_sent_total": int(self.bytes.sum()),
-                "messages_sent_per_agent": self.messages.tolist(), "bytes_sent_per_agent": self.bytes.tolist()}

@@ -1,34 +1,26 @@
-"""The configuration schema: defaults, allowed values and cross-field checks.
+"""The configuration schema: defaults, allowed values and cross-field checks — data only.
 
 Config files in ``configs/`` start from :func:`get_default_config` (a *locked* ConfigDict, so a
 misspelt key fails at once with a "did you mean" hint) and change what they need. :func:`validate`
-runs before any work starts and raises :class:`ConfigError` naming the key and its allowed values.
+runs before any work starts and raises :class:`ConfigError` naming the key and its allowed values;
+checks that need an implementation (does this graph exist for N agents and suit the algorithm?)
+live with the implementation and run in the runner's ``train.preflight``, still before any work.
 
-Top-level keys are a stable command-line contract (``--config.<key>=...``); other settings live in
-the nested sections ``data``, ``optim``, ``pretrain``, ``graph``, ``agents``, ``log``.
+This module imports only ml_collections and :mod:`dimat_jax.choices`: reading a config never loads
+JAX. Top-level keys are a stable command-line contract (``--config.<key>=...``); other settings live
+in the nested sections ``data``, ``optim``, ``pretrain``, ``merge``, ``baseline``, ``graph``,
+``agents``, ``mesh``, ``distributed``, ``guard``, ``checkpoint``, ``log``.
 """
 from __future__ import annotations
 
 import difflib
 
-import numpy as np
-
 import ml_collections
 
-from dimat_jax import topology
-from dimat_jax.agents import STRATEGIES
-from dimat_jax.models.conv import FILTER_GRADS
-from dimat_jax.data.partition import PARTITIONS
-from dimat_jax.data.pipeline import AUGMENTATIONS
-from dimat_jax.data.sources import DATASETS
-from dimat_jax.models import MODELS
-from dimat_jax.optim import ALIASES as OPTIMIZER_ALIASES
-from dimat_jax.optim import OPTIMIZERS
-
-from dimat_jax.algorithms import ALGORITHMS, MERGE_FAMILY, SWARM_VARIANTS, TOPOLOGY_NEEDS
-from dimat_jax.merging.engine import MERGE_DATA
-
-NORMALIZATIONS = ("dataset", "reference")
+from dimat_jax.choices import (ALGORITHMS, AUGMENTATIONS, DATASETS, FILTER_GRADS, IMAGE_SIZES, MERGE_DATA,
+                               MERGE_FAMILY, MODELS, NORMALIZATIONS, NUM_CLASSES, OPTIMIZER_ALIASES, OPTIMIZERS,
+                               PARTITIONS, STRATEGIES, SWARM_VARIANTS, TOPOLOGIES, TOPOLOGY_ALIASES, TOPOLOGY_NEEDS,
+                               VGG_MIN_INPUT_SIZE)
 
 
 class ConfigError(ValueError):
@@ -139,13 +131,14 @@ def get_default_config() -> ml_collections.ConfigDict:
     c.log = ml_collections.ConfigDict()
     c.log.progress = True         # tqdm progress bars
     c.log.plot = True             # write accuracy.png at the end
+    c.log.tensorboard = False     # also write TensorBoard event files to <workdir>/tensorboard (pip install -e '.[tensorboard]')
     c.lock()
     return c
 
 
 _CHOICES = {
     "dataset": DATASETS, "model": MODELS, "partition": PARTITIONS, "algorithm": ALGORITHMS,
-    "topology": topology.TOPOLOGIES + tuple(topology.ALIASES),
+    "topology": TOPOLOGIES + tuple(TOPOLOGY_ALIASES),
     "optimizer": OPTIMIZERS + tuple(OPTIMIZER_ALIASES), "pretrain.optimizer": OPTIMIZERS + tuple(OPTIMIZER_ALIASES),
     "data.normalization": NORMALIZATIONS, "data.augment": AUGMENTATIONS, "agents.strategy": STRATEGIES,
     "agents.conv_filter_grad": FILTER_GRADS,
@@ -153,29 +146,48 @@ _CHOICES = {
 }
 
 
-def _get(c, dotted):
-    for part in dotted.split("."):
-        c = c[part]
-    return c
-
-
-def _flat(c, prefix=""):
-    for k, v in c.items():
-        if isinstance(v, ml_collections.ConfigDict):
-            yield from _flat(v, f"{prefix}{k}.")
+def flatten(tree, sep: str = ".", prefix: str = "") -> dict:
+    """A nested mapping (dict, ConfigDict) as ``{'a.b.c': leaf}`` (``sep`` joins the keys)."""
+    out = {}
+    for k, v in tree.items():
+        if hasattr(v, "items"):
+            out.update(flatten(v, sep, f"{prefix}{k}{sep}"))
         else:
-            yield f"{prefix}{k}", v
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def get_key(config, dotted: str):
+    """``config.a.b`` for ``dotted`` = 'a.b' (KeyError when there is no such key)."""
+    for part in dotted.split("."):
+        config = config[part]
+    return config
+
+
+def set_key(config, dotted: str, value) -> None:
+    """``config.a.b = value`` for ``dotted`` = 'a.b'; :class:`ConfigError` for an unknown key or a wrong type."""
+    *parents, leaf = dotted.split(".")
+    try:
+        node = get_key(config, ".".join(parents)) if parents else config
+        if leaf not in node:
+            raise KeyError(leaf)
+        node[leaf] = value
+    except (KeyError, AttributeError) as e:
+        hint = difflib.get_close_matches(dotted, dotted_keys(), n=1)
+        raise ConfigError(f"unknown config key {dotted!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")) from e
+    except TypeError as e:
+        raise ConfigError(f"config key {dotted!r}: {e}") from e
 
 
 def dotted_keys() -> list[str]:
     """Every key of the schema, dotted (``data.alpha``)."""
-    return [k for k, _ in _flat(get_default_config())]
+    return list(flatten(get_default_config()))
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Check keys, types, allowed values and combinations; return the config or raise ConfigError."""
-    defaults = dict(_flat(get_default_config()))
-    given = dict(_flat(config))
+    defaults = flatten(get_default_config())
+    given = flatten(config)
     for key in given:
         if key not in defaults:
             hint = difflib.get_close_matches(key, defaults, n=1)
@@ -192,7 +204,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         if not ok:
             raise ConfigError(f"config key {key!r} must be of type {want.__name__}, got {value!r}")
     for key, choices in _CHOICES.items():
-        value = _get(config, key)
+        value = get_key(config, key)
         if value not in choices:
             raise ConfigError(f"config key {key!r} = {value!r} is not allowed; choose one of {', '.join(choices)}")
 
@@ -234,13 +246,13 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     need(c.data.num_classes == 0 or c.dataset == "npz",
          f"data.num_classes applies to dataset 'npz' only ({c.dataset!r} knows its classes); leave it 0")
     need(c.seed >= 0, f"seed must be >= 0 (it seeds numpy and JAX generators), got {c.seed}")
-    if c.model == "vgg16" and c.dataset in ("digits", "mnist", "fashion_mnist") and c.data.pad_to < 32:
-        raise ConfigError(f"model 'vgg16' needs images of at least 32x32 but {c.dataset!r} images are "
-                          f"{'8x8' if c.dataset == 'digits' else '28x28'}; use model 'cnn' or 'resnet20', or pad "
-                          "them with --config.data.pad_to=32")
+    size = IMAGE_SIZES.get(c.dataset)
+    if c.model == "vgg16" and size is not None and max(min(size), c.data.pad_to) < VGG_MIN_INPUT_SIZE:
+        raise ConfigError(f"model 'vgg16' needs images of at least {VGG_MIN_INPUT_SIZE}x{VGG_MIN_INPUT_SIZE} but "
+                          f"{c.dataset!r} images are {size[0]}x{size[1]}; use model 'cnn' or 'resnet20', or pad "
+                          f"them with --config.data.pad_to={VGG_MIN_INPUT_SIZE}")
     if c.partition == "noniid" and c.algorithm != "centralized":
-        classes = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100,
-                   "tiny_imagenet": 200}.get(c.dataset)
+        classes = NUM_CLASSES.get(c.dataset)
         if classes is not None:
             need(c.num_agents <= classes, f"partition 'noniid' gives class c to agent c mod N, so num_agents "
                  f"= {c.num_agents} > {classes} classes of {c.dataset!r} leaves agents without data")
@@ -271,15 +283,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
              "merge.fc_shortcut applies to dimat / wa / wm on topology 'fc' only")
     if c.topology in ("file",):
         need(bool(c.topology_path), "topology 'file' needs --config.topology_path=/path/to/matrix")
-    try:  # the graph must exist for this agent count and suit the algorithm (cheap: numpy only)
-        if c.algorithm in TOPOLOGY_NEEDS:
-            topo = topology.build(c.topology, c.num_agents, seed=c.seed, edge_probability=c.graph.edge_probability,
-                                  torus_rows=c.graph.torus_rows, path=c.topology_path, **TOPOLOGY_NEEDS[c.algorithm])
-            if c.algorithm == "swarmsgd" and all(np.allclose(m, np.eye(c.num_agents)) for m in topo.matrices):
-                raise ConfigError("swarmsgd picks a random edge per interaction, but topology "
-                                  f"{c.topology!r} has no edges; choose a connected topology")
-    except topology.TopologyError as e:
-        raise ConfigError(f"{e} (algorithm {c.algorithm!r})") from e
     return config
 
 
@@ -305,14 +308,5 @@ def load_config_file(path, overrides: dict | None = None) -> ml_collections.Conf
     """
     config = exec_python_file(path, "config").get_config()
     for dotted, value in (overrides or {}).items():
-        node = config
-        *parents, leaf = dotted.split(".")
-        try:
-            for p in parents:
-                node = node[p]
-            node[leaf] = value
-        except (KeyError, AttributeError) as e:
-            raise ConfigError(f"unknown config key {dotted!r}") from e
-        except TypeError as e:
-            raise ConfigError(f"config key {dotted!r}: {e}") from e
+        set_key(config, dotted, value)
     return validate(config)

@@ -109,9 +109,10 @@ def main(argv):
         _fail(_config_file_problem(e) or f"cannot load --config: {type(e).__name__}: {e}")
     if config is None:
         _fail("--config is required, e.g. --config configs/quickstart.py")
-    from dimat_jax.config import ConfigError, validate  # heavy imports after flag parsing (fast --help)
+    from dimat_jax.config import ConfigError  # heavy imports after flag parsing (fast --help)
+    from dimat_jax.train import preflight
     try:
-        validate(config)
+        preflight(config)  # the schema, then the graph for this algorithm: before any work
     except ConfigError as e:
         _fail(f"invalid config: {e}")
     if _DRY_RUN.value:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import optax
 
-OPTIMIZERS = ("sgd", "msgd", "adam")
-ALIASES = {"momentum": "msgd", "sgdm": "msgd"}
+from dimat_jax.choices import OPTIMIZER_ALIASES as ALIASES
+from dimat_jax.choices import OPTIMIZERS
 
 
 def canonical(name: str) -> str:

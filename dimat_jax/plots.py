@@ -10,7 +10,7 @@ import pathlib
 
 import numpy as np
 
-MERGE_FAMILY = ("dimat", "wa", "wm")
+from dimat_jax.choices import MERGE_FAMILY
 NAMES = {"dimat": "DIMAT", "wa": "WA", "wm": "WM", "cdsgd": "CDSGD", "cdmsgd": "CDMSGD", "sgp": "SGP",
          "sgp_pushsum": "SGP (push-sum)", "cga": "CGA", "swarmsgd": "SwarmSGD", "local": "Local",
          "centralized": "Centralized"}

@@ -72,22 +72,17 @@ def cell_name(cell: dict) -> str:
 
 
 def _apply(config, cell: dict, configure):
-    from dimat_jax.config import ConfigError, validate
+    from dimat_jax.config import ConfigError, set_key
+    from dimat_jax.train import preflight
     config = config.copy_and_resolve_references()
     for dotted, value in cell.items():
-        node = config
-        *parents, leaf = dotted.split(".")
         try:
-            for p in parents:
-                node = node[p]
-            if leaf not in node:
-                raise KeyError(leaf)
-            node[leaf] = value
-        except (KeyError, AttributeError) as e:
-            raise ConfigError(f"sweep grid names unknown config key {dotted!r}") from e
-        except TypeError as e:
-            raise ConfigError(f"sweep grid value {value!r} for {dotted!r}: {e}") from e
-    return validate(configure(config, cell))
+            set_key(config, dotted, value)
+        except ConfigError as e:
+            raise ConfigError(f"sweep grid: {e}") from e
+    config = configure(config, cell)
+    preflight(config)
+    return config
 
 
 def run_sweep(sweep_path, workdir, log=print, dry_run: bool = False) -> list[dict]:
@@ -188,10 +183,11 @@ def main(argv=None) -> int:
     p.add_argument("--list", action="store_true", help="validate and list the cells and their state; run nothing")
     args = p.parse_args(argv)
     from dimat_jax.config import ConfigError
+    from dimat_jax.checkpoint import CheckpointError
     from dimat_jax.train import NonFiniteError, RunInterrupted, WorkdirError
     try:
         run_sweep(args.sweep, args.workdir, dry_run=args.list)
-    except (ConfigError, FileNotFoundError, ValueError, WorkdirError, NonFiniteError) as e:
+    except (ConfigError, FileNotFoundError, ValueError, WorkdirError, NonFiniteError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except RunInterrupted as e:

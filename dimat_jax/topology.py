@@ -1,4 +1,4 @@
-"""Communication graphs and their mixing matrices Π (SPEC §4.1).
+"""Communication graphs and their mixing matrices Π (docs/algorithm.md §4).
 
 Π[i, j] is the weight agent i gives to agent j's model; rows sum to 1. Every matrix is validated
 (:func:`validate`) and summarised by ρ = ‖Π − 11ᵀ/N‖₂ and the spectral gap 1 − ρ.
@@ -14,9 +14,8 @@ import pathlib
 
 import numpy as np
 
-TOPOLOGIES = ("fc", "ring", "bipartite", "disconnected", "torus", "exponential", "erdos_renyi",
-              "one_peer_exponential", "file")
-ALIASES = {"fully_connected": "fc", "complete": "fc", "none": "disconnected", "star_bipartite": "bipartite"}
+from dimat_jax.choices import TOPOLOGIES  # noqa: F401  (re-exported)
+from dimat_jax.choices import TOPOLOGY_ALIASES as ALIASES
 
 
 class TopologyError(ValueError):
@@ -311,3 +310,21 @@ def build(name: str, num_agents: int, *, seed: int = 0, edge_probability: float 
     if topo.time_varying and n > 1 and not is_connected(sum(checked)):
         raise TopologyError(f"topology {name!r}: the union of its graphs over one period is disconnected")
     return topo
+
+
+def drop_edges(w: np.ndarray, edge_fraction: float = 1.0, straggler_prob: float = 0.0,
+               rng: np.random.Generator | None = None) -> np.ndarray:
+    """A partial round of Π: every undirected edge {i, j} is kept with probability ``edge_fraction``
+    and every agent misses the round with probability ``straggler_prob`` (all its edges dropped).
+    A dropped edge's weights go to the two diagonals (Π_ii += Π_ij, Π_jj += Π_ji), so rows still sum
+    to 1 and a symmetric Π stays symmetric, hence doubly stochastic. float64 [N, N]."""
+    w = np.array(w, np.float64)
+    rng = rng if rng is not None else np.random.default_rng()
+    n = w.shape[0]
+    missing = rng.random(n) < straggler_prob
+    for i, j in zip(*np.nonzero(np.triu((w > 0) | (w.T > 0), 1))):
+        if missing[i] or missing[j] or rng.random() >= edge_fraction:
+            w[i, i] += w[i, j]
+            w[j, j] += w[j, i]
+            w[i, j] = w[j, i] = 0.0
+    return w

@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from dimat_jax import agents, comms, report, train
-from dimat_jax.algorithms.gossip import init_opt_state, make_gossip_step, solve_box_qp
+from dimat_jax.algorithms.gossip import (MomentumState, NoState, PushSumState, init_opt_state, make_gossip_step,
+                                         solve_box_qp)
 from dimat_jax.algorithms.swarm import make_swarm_step, undirected_edges
 from tiny_config import tiny_config
 from dimat_jax.data import sources
@@ -91,19 +92,19 @@ def test_cdmsgd_step_with_momentum_state(setup):
     rng = np.random.default_rng(0)
     m0 = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), setup[3]["params"])
     m_expected = 0.9 * stacked_flat(m0) + g
-    new = run_one_step("cdmsgd", setup, W_DS, opt_state={"momentum": m0})
+    new = run_one_step("cdmsgd", setup, W_DS, opt_state=MomentumState(m0))
     m = m_expected
-    np.testing.assert_allclose(stacked_flat(new.opt_state["momentum"]), m, atol=2e-5)
+    np.testing.assert_allclose(stacked_flat(new.opt_state.momentum), m, atol=2e-5)
     np.testing.assert_allclose(stacked_flat(new.params), W_DS @ x - 0.1 * (g + 0.9 * m), atol=2e-5)
 
 
 def test_pushsum_debiasing(setup):
     z, g = stacked_flat(setup[3]["params"]), oracle_grads(setup)
     w0 = np.array([1.0, 0.5, 1.5, 1.0])
-    new = run_one_step("sgp_pushsum", setup, W_COL, opt_state={"push_weight": jnp.asarray(w0, jnp.float32)})
+    new = run_one_step("sgp_pushsum", setup, W_COL, opt_state=PushSumState(jnp.asarray(w0, jnp.float32)))
     numer = W_COL @ (w0[:, None] * z - 0.1 * g)
     w1 = W_COL @ w0
-    np.testing.assert_allclose(np.asarray(new.opt_state["push_weight"]), w1, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(new.opt_state.push_weight), w1, rtol=1e-6)
     np.testing.assert_allclose(stacked_flat(new.params), numer / w1[:, None], atol=3e-5)
     # push-sum de-biasing: with no gradient, repeated pushes reach the exact weighted average of z
     zs, ws = w0[:, None] * z, w0.copy()
@@ -173,7 +174,7 @@ def test_cga_step(setup):
 def test_swarmsgd_pair_step_and_average(setup):
     ds, pre, model, v, idx = setup
     v0 = jax.tree.map(jnp.copy, v)  # the step donates its state
-    state = agents.AgentState(params=v0["params"], batch_stats=v0["batch_stats"], opt_state={})
+    state = agents.AgentState(params=v0["params"], batch_stats=v0["batch_stats"], opt_state=NoState())
     step = make_swarm_step(model, pre)
     pair = np.array([1, 3], np.int32)
     new, _ = step(state, jnp.asarray(ds.x_train), jnp.asarray(ds.y_train), jnp.asarray(pair),
@@ -196,7 +197,7 @@ def test_swarmsgd_reference_heavy_ball_steps_average_only_when_told(setup):
     ds, pre, model, v, idx = setup
     v0 = jax.tree.map(jnp.copy, v)
     mom0 = jax.tree.map(jnp.zeros_like, v0["params"])
-    state = agents.AgentState(params=v0["params"], batch_stats=v0["batch_stats"], opt_state={"momentum": mom0})
+    state = agents.AgentState(params=v0["params"], batch_stats=v0["batch_stats"], opt_state=MomentumState(mom0))
     step = make_swarm_step(model, pre, momentum=0.9)
     pair = np.array([2, 0], np.int32)
     args = (jnp.asarray(ds.x_train), jnp.asarray(ds.y_train), jnp.asarray(pair), jnp.asarray(idx[pair]))
@@ -206,7 +207,7 @@ def test_swarmsgd_reference_heavy_ball_steps_average_only_when_told(setup):
     for a in pair:  # m = g, x <- x - lr m, no averaging
         np.testing.assert_allclose(got[a], x[a] - 0.1 * g[a], atol=2e-5)
     np.testing.assert_array_equal(got[[1, 3]], x[[1, 3]])
-    m1 = stacked_flat(s1.opt_state["momentum"])
+    m1 = stacked_flat(s1.opt_state.momentum)
     np.testing.assert_allclose(m1[pair], g[pair], atol=2e-5)
     assert not m1[[1, 3]].any()
     # second step, averaging: m <- 0.9 m + g(x1); both take mean(x1 - lr m)
@@ -219,7 +220,7 @@ def test_swarmsgd_reference_heavy_ball_steps_average_only_when_told(setup):
     got2 = stacked_flat(s2.params)
     np.testing.assert_allclose(got2[2], want, atol=5e-5)
     np.testing.assert_allclose(got2[0], want, atol=5e-5)
-    np.testing.assert_allclose(stacked_flat(s2.opt_state["momentum"])[pair], m2[pair], atol=5e-5)
+    np.testing.assert_allclose(stacked_flat(s2.opt_state.momentum)[pair], m2[pair], atol=5e-5)
 
 
 def test_swarmsgd_reference_pairs_and_schedule():
@@ -318,12 +319,12 @@ def test_swarmsgd_continues_the_batch_streams_after_pretraining(variant):
     from dimat_jax.algorithms.swarm import Swarm
     from dimat_jax.data.pipeline import epoch_batches, stream_positions
     c = tiny("swarmsgd", pretrain_epochs=3, baseline__swarm_variant=variant)
-    ctx = train.build_context(c, log=lambda s: None)
-    sw = Swarm(ctx, train.build_topology(c))
-    first = epoch_batches(ctx.data.shards, c.seed, c.pretrain_epochs, ctx.steps_per_epoch, c.batch_size)[0]
+    services = train.build_services(c, log=lambda s: None)
+    sw = Swarm(services, train.build_topology(c))
+    first = epoch_batches(services.data.shards, c.seed, c.pretrain_epochs, services.steps_per_epoch, c.batch_size)[0]
     rng = np.random.default_rng(0)
     pair, idx = sw._pair_and_batches(rng, c.pretrain_epochs, 0, 0, first[None])
     np.testing.assert_array_equal(idx, first[pair])
     if variant == "uniform_edge":  # each agent's own stream, read where pre-training stopped
         a = int(pair[0])
-        np.testing.assert_array_equal(stream_positions(ctx.data.shards[a], c.seed, a, 3 * 2 * 16, 16), first[a])
+        np.testing.assert_array_equal(stream_positions(services.data.shards[a], c.seed, a, 3 * 2 * 16, 16), first[a])

@@ -166,10 +166,10 @@ def test_half_written_metrics_line_inside_the_checkpointed_part(tmp_path, monkey
     from dimat_jax.algorithms import local
     real_round = local.Local.round
 
-    def crash_at_3(self, state, r):
+    def crash_at_3(self, state, r, services):
         if r == 3:
             raise KeyboardInterrupt
-        return real_round(self, state, r)
+        return real_round(self, state, r, services)
 
     monkeypatch.setattr(local.Local, "round", crash_at_3)
     with pytest.raises(KeyboardInterrupt):
@@ -251,10 +251,10 @@ def test_every_checkpoint_corrupt_is_an_error_that_deletes_nothing(tmp_path, mon
     from dimat_jax.algorithms import local
     real_round = local.Local.round
 
-    def crash_at_3(self, state, r):
+    def crash_at_3(self, state, r, services):
         if r == 3:
             raise KeyboardInterrupt
-        return real_round(self, state, r)
+        return real_round(self, state, r, services)
 
     monkeypatch.setattr(local.Local, "round", crash_at_3)
     with pytest.raises(KeyboardInterrupt):
@@ -322,12 +322,6 @@ def test_batch_larger_than_a_shard_is_said_once(tmp_path):
 def test_validation_keys():
     for changes, message in (({"seed": -1}, "seed"), ({"guard.divergence_factor": -1.0}, "divergence_factor"),
                              ({"data.num_classes": 3}, "applies to dataset 'npz' only")):
-        c = tiny_config()
-        for k, v in changes.items():
-            node = c
-            *parents, leaf = k.split(".")
-            for p in parents:
-                node = node[p]
-            node[leaf] = v
+        c = tiny_config(**{k.replace(".", "__"): v for k, v in changes.items()})
         with pytest.raises(ConfigError, match=message):
             validate(c)

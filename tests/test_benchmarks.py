@@ -4,9 +4,12 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # a subprocess compiling a full ResNet-20 step (~65 s)
 def test_gpu_benchmark_smoke(tmp_path):
     out = tmp_path / "gpu.json"
     r = subprocess.run([sys.executable, str(ROOT / "experiments" / "benchmarks" / "gpu.py"), "--smoke",

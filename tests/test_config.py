@@ -42,14 +42,10 @@ def test_locked_config_rejects_typos_with_hint():
 
 
 def _bad(**changes):
+    from dimat_jax.config import set_key
     c = get_default_config()
-    c.unlock()
     for k, v in changes.items():
-        node = c
-        parts = k.split(".")
-        for p in parts[:-1]:
-            node = node[p]
-        node[parts[-1]] = v
+        set_key(c, k, v)
     return c
 
 
@@ -86,8 +82,9 @@ def _bad(**changes):
     ({"baseline.swarm_i2": 0}, "swarm_i2"),
 ])
 def test_invalid_configs(changes, message):
+    from dimat_jax.train import preflight  # the schema, then what needs implementations (the graph)
     with pytest.raises(ConfigError) as e:
-        validate(_bad(**changes))
+        preflight(_bad(**changes))
     assert message in str(e.value)
 
 

@@ -24,10 +24,12 @@ def result(tmp_path_factory):
     return json.loads(line[len("RESULT "):])
 
 
+@pytest.mark.slow  # one 4-device subprocess run shared by these tests (~90 s)
 def test_four_devices_are_used(result):
     assert result["devices"] == 4
 
 
+@pytest.mark.slow  # one 4-device subprocess run shared by these tests (~90 s)
 @pytest.mark.parametrize("case", ["dimat-ring", "cdsgd-ring", "dimat-fc"])
 def test_sharded_run_equals_single_device_run(result, case):
     r = result[case]
@@ -35,6 +37,7 @@ def test_sharded_run_equals_single_device_run(result, case):
     assert r["acc_diff"] <= 1e-6 and r["loss_diff"] < 1e-4
 
 
+@pytest.mark.slow  # one 4-device subprocess run shared by these tests (~90 s)
 def test_ring_gossip_is_collective_permute_and_fc_is_dense(result):
     ring, fc = result["hlo-ring"], result["hlo-fc"]
     assert not ring["dense_plan"] and ring["offsets"] == [1, 3]
@@ -44,6 +47,7 @@ def test_ring_gossip_is_collective_permute_and_fc_is_dense(result):
     assert fc.get("all-reduce", 0) + fc.get("all-gather", 0) > 0
 
 
+@pytest.mark.slow  # one 4-device subprocess run shared by these tests (~90 s)
 def test_indivisible_agent_count_is_refused(result):
     assert "not divisible by mesh.devices = 3" in result["indivisible"]
 

@@ -8,7 +8,8 @@ import pytest
 
 from dimat_jax import report, train
 from dimat_jax.algorithms import ALGORITHMS
-from dimat_jax.config import ConfigError, load_config_file
+from dimat_jax.config import ConfigError, load_config_file, validate
+from tiny_config import tiny_config
 from dimat_jax.topology import TOPOLOGIES
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -21,10 +22,10 @@ def cache(tmp_path_factory):
 
 
 def tiny(cache, **overrides):
-    base = {"width": 0.25, "num_agents": 4, "pretrain_epochs": 1, "rounds": 2, "local_epochs": 1, "batch_size": 16,
-            "data.steps_per_epoch": 2, "merge.batch_size": 32, "merge.num_batches": 1, "log.progress": False,
-            "log.plot": False, "pretrain.cache_dir": cache, "data.max_test_examples": 100, "agents.strategy": "vmap"}
-    return load_config_file(PRESET, {**base, **overrides})
+    """The CPU preset at test size: 4 agents (a torus and the bipartite hubs need them)."""
+    over = {"num_agents": 4, "pretrain__cache_dir": cache, "data__max_test_examples": 100,
+            **{k.replace(".", "__"): v for k, v in overrides.items()}}
+    return validate(tiny_config(load_config_file(PRESET), **over))
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
@@ -44,7 +45,9 @@ def test_every_algorithm_runs(algorithm, cache, tmp_path):
     assert all(np.isfinite(r["mean_test_loss"]) for r in recs)
 
 
-@pytest.mark.parametrize("topology", TOPOLOGIES)
+# every topology for every algorithm is in the slow set; the default run keeps a user's matrix file
+@pytest.mark.parametrize("topology", [t if t == "file" else pytest.param(t, marks=pytest.mark.slow)
+                                      for t in TOPOLOGIES])
 def test_dimat_runs_on_every_topology(topology, cache, tmp_path):
     over = {"algorithm": "dimat", "topology": topology, "rounds": 1}
     if topology == "file":

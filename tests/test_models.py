@@ -47,7 +47,7 @@ def count(model, shape):
 
 def test_parameter_counts_match_architecture():
     assert count(build_model("resnet20", 10, 1), (32, 32, 3)) == resnet20_count(1, 10) == 292_954  # 3x3 projection shortcuts
-    assert count(build_model("resnet20", 100, 8), (32, 32, 3)) == resnet20_count(8, 100)  # ~18.6 M (SPEC)
+    assert count(build_model("resnet20", 100, 8), (32, 32, 3)) == resnet20_count(8, 100)  # ~18.6 M (the reference's ResNet-20x8)
     assert abs(resnet20_count(8, 100) - 18.6e6) < 0.1e6
     assert count(build_model("vgg16", 100, 1), (32, 32, 3)) == vgg16_count(100)
     assert count(build_model("vgg16", 200, 1), (64, 64, 3)) == vgg16_count(200, spatial_out=4)

@@ -30,7 +30,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("algorithm", ["dimat", pytest.param("cdsgd", marks=pytest.mark.slow)])
+@pytest.mark.slow  # two jax.distributed processes (~60 s each case)
+@pytest.mark.parametrize("algorithm", ["dimat", "cdsgd"])
 def test_two_processes_match_one(algorithm, tmp_path):
     port, workdir = free_port(), tmp_path / "two"
     cmd = lambda i: [sys.executable, str(ROOT / "tests" / "multiprocess_check.py"), str(i), str(port),  # noqa: E731

@@ -13,6 +13,7 @@ def _block(heading):
     return re.search(r"```python\n(.*?)```", section, re.S).group(1).replace('"configs/', f'"{ROOT}/configs/')
 
 
+@pytest.mark.slow  # a whole run, as the README shows it
 def test_python_api_example(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     ns = {}
@@ -21,6 +22,7 @@ def test_python_api_example(tmp_path, monkeypatch):
     assert ns["state"].num_agents == 3 and ns["W"].shape == (10, 10)
 
 
+@pytest.mark.slow  # five ResNet-20 agents merged, as the README shows it
 def test_merging_example(tmp_path, monkeypatch):
     import jax
     import numpy as np

@@ -12,6 +12,7 @@ import pytest
 from dimat_jax import report, train
 from dimat_jax.checkpoint import CheckpointError
 from dimat_jax.config import load_config_file
+from dimat_jax.services import Services
 from tiny_config import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -39,22 +40,23 @@ class Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("algorithm", ["dimat", "cdmsgd", "swarmsgd", "local"])
+@pytest.mark.parametrize("algorithm", ["dimat", "local", pytest.param("cdmsgd", marks=pytest.mark.slow),
+                                       pytest.param("swarmsgd", marks=pytest.mark.slow)])
 def test_crash_and_resume_equals_uninterrupted(algorithm, tmp_path, monkeypatch):
     config = tiny(algorithm=algorithm, topology="ring")
     train.run(config, tmp_path / "straight", log=lambda s: None)
 
-    real_emit = train.Context.emit
+    real_emit = Services.emit
 
     def crashing_emit(self, variables, *, round_, phase, **kw):
         if round_ == 3 and phase == "trained":
             raise Crash  # dies inside round 3 (after dimat's 'merged' record of round 3 was written)
         return real_emit(self, variables, round_=round_, phase=phase, **kw)
 
-    monkeypatch.setattr(train.Context, "emit", crashing_emit)
+    monkeypatch.setattr(Services, "emit", crashing_emit)
     with pytest.raises(Crash):
         train.run(config, tmp_path / "resumed", log=lambda s: None)
-    monkeypatch.setattr(train.Context, "emit", real_emit)
+    monkeypatch.setattr(Services, "emit", real_emit)
     assert not (tmp_path / "resumed" / "summary.json").exists()
     logs = []
     train.run(config, tmp_path / "resumed", log=logs.append)
@@ -70,6 +72,7 @@ def test_crash_and_resume_equals_uninterrupted(algorithm, tmp_path, monkeypatch)
     assert "already finished" in logs[0] and (tmp_path / "resumed" / "metrics.jsonl").read_text() == before
 
 
+@pytest.mark.slow  # two CLI runs (the in-process crash tests and the SIGKILL test cover resume by default)
 def test_sigint_checkpoints_then_the_same_command_resumes(tmp_path):
     workdir = tmp_path / "w"
     args = [sys.executable, "-m", "dimat_jax.main", "--config", str(ROOT / "configs" / "quickstart.py"),

@@ -95,10 +95,10 @@ def test_sweep_resumes_an_interrupted_cell(tmp_path, monkeypatch):
 
     real_round = local.Local.round
 
-    def crash(self, state, r):
+    def crash(self, state, r, services):
         if r == 2:
             raise KeyboardInterrupt
-        return real_round(self, state, r)
+        return real_round(self, state, r, services)
 
     monkeypatch.setattr(local.Local, "round", crash)
     work = tmp_path / "sw"

@@ -1,22 +1,20 @@
 """End to end on the embedded digits: outputs, metrics keys, centralized, safety of workdirs."""
 import json
 import math
+import pathlib
 
 import numpy as np
 import pytest
 
 from dimat_jax import report, train
-from dimat_jax.config import get_default_config
-from tiny_config import override
+from tiny_config import tiny_config
 
 REQUIRED = {"round", "epoch", "algorithm", "mean_test_accuracy", "std_test_accuracy", "per_agent_test_accuracy",
             "mean_test_loss", "wall_time_s"}
 
 
 def tiny(**kw):
-    return override(get_default_config(), **{"width": 0.25, "num_agents": 3, "pretrain_epochs": 1, "rounds": 2,
-                                             "local_epochs": 1, "batch_size": 16, "data__steps_per_epoch": 3,
-                                             "log__progress": False, **kw})
+    return tiny_config(**{"data__steps_per_epoch": 3, "log__plot": True, "agents__strategy": "auto", **kw})
 
 
 def test_local_run_writes_outputs(tmp_path):
@@ -72,3 +70,34 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path):
     recs = report.read_metrics(tmp_path / "n")  # still valid JSON lines
     assert [r["round"] for r in recs] == [0]
     assert all(math.isfinite(r["mean_test_loss"]) for r in recs)
+
+
+def read_tensorboard_scalars(folder) -> dict:
+    """{(tag, step): value} from every event file under ``folder`` — parsed here from the TFRecord
+    framing (length, CRC, payload, CRC) with tensorboardX's Event protobuf, independently of the writer."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+    out = {}
+    for f in sorted(pathlib.Path(folder).rglob("events.out.tfevents.*")):
+        data, pos = f.read_bytes(), 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+            pos += 12 + length + 4
+            for v in event.summary.value:
+                out[(v.tag, event.step)] = v.simple_value
+    return out
+
+
+def test_tensorboard_events_carry_the_records(tmp_path):
+    c = tiny(algorithm="dimat", num_agents=3, rounds=2, log__tensorboard=True, merge__num_batches=1,
+             merge__batch_size=32)
+    train.run(c, tmp_path / "w", log=lambda s: None)
+    recs = report.read_metrics(tmp_path / "w")
+    scalars = read_tensorboard_scalars(tmp_path / "w" / "tensorboard")
+    for r in recs:
+        assert scalars[(f"{r['phase']}/mean_test_accuracy", r["round"])] == pytest.approx(r["mean_test_accuracy"],
+                                                                                          rel=1e-6)
+        assert scalars[(f"{r['phase']}/bytes_sent_total", r["round"])] == pytest.approx(r["bytes_sent_total"])
+    assert scalars[("merged/merge_gflops", 1)] == pytest.approx(recs[1]["merge_gflops"], rel=1e-6)

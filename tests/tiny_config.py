@@ -1,5 +1,5 @@
-"""Test-sized run configurations shared by the in-process end-to-end tests."""
-from dimat_jax.config import get_default_config
+"""The one test-sized run configuration shared by the in-process end-to-end tests."""
+from dimat_jax.config import get_default_config, set_key
 
 # 3 CNN agents of width 0.25, 1 pre-training epoch, 2 rounds of 1 local epoch of 2 steps of batch 16,
 # one merge batch of 32, no progress bars or plots; vmap compiles once whatever N (the unrolled
@@ -12,14 +12,11 @@ TINY = dict(width=0.25, num_agents=3, pretrain_epochs=1, rounds=2, local_epochs=
 def override(config, **kw):
     """Set ``config.a.b = v`` for every keyword ``a__b=v``; returns ``config``."""
     for key, value in kw.items():
-        node = config
-        *path, last = key.split("__")
-        for p in path:
-            node = node[p]
-        node[last] = value
+        set_key(config, key.replace("__", "."), value)
     return config
 
 
-def tiny_config(**kw):
-    """The default config with :data:`TINY` and then ``kw`` applied (``a__b=v`` sets ``a.b``)."""
-    return override(get_default_config(), **{**TINY, **kw})
+def tiny_config(base=None, **kw):
+    """``base`` (default: the default config) with :data:`TINY` and then ``kw`` applied (``a__b=v``
+    sets ``a.b``)."""
+    return override(base if base is not None else get_default_config(), **{**TINY, **kw})

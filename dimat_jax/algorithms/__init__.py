@@ -1,4 +1,4 @@
-"""Algorithms: names, what each needs of the mixing matrix, and where each is implemented.
+"""Algorithms: where each is implemented, and the interface they share.
 
 - merge family (``merge.py``): ``dimat`` (activation matching), ``wa`` (plain weighted averaging),
   ``wm`` (weight matching) — merge every ``local_epochs`` epochs, train locally in between.
@@ -7,27 +7,26 @@
   aggregation) — mix parameters every minibatch.
 - ``swarmsgd`` (``swarm.py``): one interacting pair at a time steps and (sometimes) averages.
 - ``local`` (Π = I) and ``centralized`` (one model on all data): ``local.py``.
+
+An algorithm object is built once per run, ``build(name, services, topology)``, and offers
+``init(state) -> state`` (after pre-training), ``round(state, r, services) -> (state, diagnostics)``
+(runs round r, emits its records through ``services``, returns a dict of what it did, logged on one
+line), and ``extra_state() / load_extra_state(dict)`` (JSON-able state beyond the agents' pytrees,
+saved in checkpoints). It never imports the runner (services.py says what it may use).
 """
 from __future__ import annotations
 
-ALGORITHMS = ("dimat", "wa", "wm", "cdsgd", "cdmsgd", "sgp", "sgp_pushsum", "cga", "swarmsgd", "local", "centralized")
-MERGE_FAMILY = {"dimat": "activation", "wa": "identity", "wm": "weight"}
-GOSSIP_FAMILY = ("cdsgd", "cdmsgd", "sgp", "sgp_pushsum", "cga")
-SWARM_VARIANTS = ("reference", "uniform_edge")  # baseline.swarm_variant (swarm.py)
+import numpy as np
 
-# What each communicating algorithm requires of its mixing matrix (keyword arguments of
-# topology.build); local and centralized ignore the topology.
-TOPOLOGY_NEEDS = {
-    "dimat": {}, "wa": {}, "wm": {},
-    "cdsgd": {"require_doubly_stochastic": True}, "cdmsgd": {"require_doubly_stochastic": True},
-    "sgp": {"require_doubly_stochastic": True}, "cga": {"require_doubly_stochastic": True},
-    "sgp_pushsum": {"require_column_stochastic": True},
-    "swarmsgd": {},
-}
+from dimat_jax.choices import (ALGORITHMS, GOSSIP_FAMILY, MERGE_FAMILY, SWARM_VARIANTS,  # noqa: F401
+                               TOPOLOGY_NEEDS)
 
 
 class Algorithm:
     """Base of the algorithm objects: by default no state beyond the agents' pytrees."""
+
+    def init(self, state):
+        return state
 
     def extra_state(self) -> dict:
         return {}
@@ -36,10 +35,17 @@ class Algorithm:
         pass
 
 
-def build(name: str, ctx, topology):
-    """The algorithm object: ``setup(state) -> state`` (once, after pre-training), ``round(state, r)
-    -> state`` (runs round r and emits its records), ``extra_state() / load_extra_state(dict)``
-    (JSON-able state beyond the agents' pytrees, saved in checkpoints)."""
+def check_topology(name: str, topology) -> None:
+    """Raise ``TopologyError`` when ``topology`` cannot serve algorithm ``name`` (beyond what
+    ``TOPOLOGY_NEEDS`` asks of its matrices): SwarmSGD needs an edge to pick."""
+    from dimat_jax.topology import TopologyError
+    if name == "swarmsgd" and all(np.allclose(m, np.eye(m.shape[0])) for m in topology.matrices):
+        raise TopologyError(f"swarmsgd picks an interacting pair along an edge, but topology {topology.name!r} has "
+                            "no edges; choose a connected topology")
+
+
+def build(name: str, services, topology):
+    """The algorithm object for ``name``."""
     if name in MERGE_FAMILY:
         from dimat_jax.algorithms.merge import MergeFamily as cls
     elif name in GOSSIP_FAMILY:
@@ -50,4 +56,4 @@ def build(name: str, ctx, topology):
         from dimat_jax.algorithms.local import Local as cls
     else:
         raise ValueError(f"unknown algorithm {name!r}; choose one of {', '.join(ALGORITHMS)}")
-    return cls(ctx, topology)
+    return cls(services, topology)

@@ -1,4 +1,6 @@
-"""Consensus baselines that mix parameters every minibatch (SPEC §3), one jitted step for all agents.
+"""Consensus baselines that mix parameters every minibatch (docs/algorithm.md §3), one jitted step
+for all agents. Each update is a :class:`GossipRule` — ``(init, update)`` with a NamedTuple state,
+chosen once per run, in the style of an optax transformation.
 
 X: stacked parameters, G(X): stacked minibatch gradients at X, W: mixing matrix, η: lr, μ: momentum.
 
@@ -18,10 +20,10 @@ BatchNorm statistics are never mixed: each agent keeps its own.
 from __future__ import annotations
 
 import functools
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from dimat_jax import agents, comms
 from dimat_jax.algorithms import Algorithm
@@ -73,6 +75,84 @@ def cga_direction(g_slots, self_weight, nbr_weight, sweeps: int):
     return jax.tree.unflatten(treedef, out)
 
 
+# ------------------------------------------------------------------------------- update rules
+class NoState(NamedTuple):
+    """cdsgd, sgp: nothing beyond the parameters."""
+
+
+class MomentumState(NamedTuple):
+    """cdmsgd, cga: each agent's momentum buffer (a tree like the stacked parameters)."""
+    momentum: Any
+
+
+class PushSumState(NamedTuple):
+    """sgp_pushsum: each agent's push-sum weight w, float32 [N]."""
+    push_weight: jax.Array
+
+
+class GossipRule(NamedTuple):
+    """A consensus update in the style of an optax transformation, chosen once per run:
+    ``init(params) -> state`` and ``update(x, g, state, mix, lr) -> (new params, state)`` with ``mix``
+    applying this step's mixing matrix (x_i <- Σ_j W_ij x_j) to any stacked tree."""
+    init: Callable[[Any], Any]
+    update: Callable[..., tuple[Any, Any]]
+
+
+def _scale(v, a):
+    """Per-agent scalars ``v`` [N] broadcast against a stacked leaf ``a`` [N, ...]."""
+    return v.reshape(v.shape + (1,) * (a.ndim - 1)).astype(a.dtype)
+
+
+def cdsgd() -> GossipRule:
+    """Combine then adapt: X <- W X - lr G(X)."""
+    return GossipRule(lambda params: NoState(),
+                      lambda x, g, st, mix, lr: (jax.tree.map(lambda a, b: a - lr * b, mix(x), g), st))
+
+
+def cdmsgd(momentum: float) -> GossipRule:
+    """m <- mu m + g;  x_i <- Σ_j W_ij x_j - lr (g + mu m) (cga: the same with its QP direction as g)."""
+    def update(x, g, st, mix, lr):
+        m = jax.tree.map(lambda mm, gg: momentum * mm + gg, st.momentum, g)
+        return jax.tree.map(lambda a, gg, mm: a - lr * (gg + momentum * mm), mix(x), g, m), MomentumState(m)
+    return GossipRule(lambda params: MomentumState(jax.tree.map(jnp.zeros_like, params)), update)
+
+
+def sgp() -> GossipRule:
+    """Adapt then combine (the reference's "SGP"): X <- W (X - lr G(X))."""
+    return GossipRule(lambda params: NoState(),
+                      lambda x, g, st, mix, lr: (mix(jax.tree.map(lambda a, b: a - lr * b, x, g)), st))
+
+
+def sgp_pushsum() -> GossipRule:
+    """Stochastic Gradient Push: numerators w z - lr g and weights w both mixed by a column-stochastic
+    W; the new parameters are the de-biased z = numerator / w."""
+    def init(params):
+        from dimat_jax.distributed import like_agents
+        n = jax.tree.leaves(params)[0].shape[0]
+        return PushSumState(like_agents(jnp.ones((n,), jnp.float32), params))
+
+    def update(z, g, st, mix, lr):
+        numer = mix(jax.tree.map(lambda a, b: _scale(st.push_weight, a) * a - lr * b, z, g))
+        pw = mix(st.push_weight)
+        return jax.tree.map(lambda a: a / _scale(pw, a), numer), PushSumState(pw)
+    return GossipRule(init, update)
+
+
+def gossip_rule(kind: str, momentum: float = 0.9) -> GossipRule:
+    """The update rule of gossip algorithm ``kind``."""
+    rules = {"cdsgd": cdsgd, "cdmsgd": lambda: cdmsgd(momentum), "cga": lambda: cdmsgd(momentum),
+             "sgp": sgp, "sgp_pushsum": sgp_pushsum}
+    if kind not in rules:
+        raise ValueError(f"unknown gossip algorithm {kind!r}; choose one of {', '.join(rules)}")
+    return rules[kind]()
+
+
+def init_opt_state(kind: str, params, momentum: float = 0.9):
+    """Fresh state of ``kind``'s rule for stacked ``params``."""
+    return gossip_rule(kind, momentum).init(params)
+
+
+# ------------------------------------------------------------------------------- the step
 def make_gossip_step(model, preprocess, kind: str, *, strategy: str = "auto", momentum: float = 0.9,
                      bn_mode: str = "ema", qp_sweeps: int = 200, mesh=None, plan=None, per_agent_data: bool = False):
     """Jitted ``step(state, x_all, y_all, idx, key, mixing, lr[, nbr, nbr_weight]) -> (state, metrics)``.
@@ -80,10 +160,11 @@ def make_gossip_step(model, preprocess, kind: str, *, strategy: str = "auto", mo
     ``idx`` int [N, B]; ``mixing``: this step's mixing matrix W [N, N] (dense mixing), or, with a
     ``mesh`` and a sparse ExchangePlan ``plan``, its neighbour weights ([N, S], [N]) mixed by
     collective-permutes; ``lr`` scalar; for ``cga`` also the padded neighbour lists ``nbr`` int
-    [N, D] and ``nbr_weight`` [N, D] (see Neighbourhood). ``state.opt_state``: {'momentum': tree}
-    (cdmsgd, cga), {'push_weight': [N]} (sgp_pushsum), {}.
+    [N, D] and ``nbr_weight`` [N, D] (see Neighbourhood). ``state.opt_state``: the rule's state
+    (:func:`init_opt_state`).
     """
     grads_fn = make_agent_grads(model, preprocess, bn_mode)
+    rule = gossip_rule(kind, momentum)
     if mesh is not None and plan is not None and not plan.dense:
         from dimat_jax.distributed import make_sparse_mix
         sparse = make_sparse_mix(mesh, plan)
@@ -103,8 +184,7 @@ def make_gossip_step(model, preprocess, kind: str, *, strategy: str = "auto", mo
         def agent_grads(agent, x_all, y_all):
             params, stats, idx_slots, key, self_w, nbr_w = agent           # idx_slots [D+1, B]
             per_slot = jax.vmap(lambda i, k: grads_fn(params, stats, x_all[i], y_all[i], k))
-            keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.arange(idx_slots.shape[0]))
-            g, new_stats, loss, acc = per_slot(idx_slots, keys)
+            g, new_stats, loss, acc = per_slot(idx_slots, agents.agent_keys(key, idx_slots.shape[0]))
             own_stats = jax.tree.map(lambda x: x[0], new_stats)
             return cga_direction(g, self_w, nbr_w, qp_sweeps), own_stats, loss[0], acc[0]
     elif per_agent_data:  # several processes: each agent's data lives with the agent
@@ -120,8 +200,7 @@ def make_gossip_step(model, preprocess, kind: str, *, strategy: str = "auto", mo
 
     @functools.partial(jax.jit, donate_argnums=(0,))
     def step(state: AgentState, x_all, y_all, idx, key, w, lr, nbr=None, nbr_weight=None):
-        n = idx.shape[0]
-        keys = agents.agent_keys(key, n)
+        keys = agents.agent_keys(key, idx.shape[0])
         x = state.params  # for sgp_pushsum: the de-biased z, where gradients are taken
         if kind == "cga":
             idx_slots = jnp.concatenate([idx[:, None], idx[nbr]], axis=1)  # [N, D+1, B]
@@ -131,38 +210,10 @@ def make_gossip_step(model, preprocess, kind: str, *, strategy: str = "auto", mo
             g, stats, loss, acc = lifted((x, state.batch_stats, idx, keys, x_all, y_all))
         else:
             g, stats, loss, acc = lifted((x, state.batch_stats, idx, keys), x_all, y_all)
-        opt = dict(state.opt_state)
-        if kind == "cdsgd":
-            new = jax.tree.map(lambda a, b: a - lr * b, mixer(w, x), g)
-        elif kind in ("cdmsgd", "cga"):
-            m = jax.tree.map(lambda mm, gg: momentum * mm + gg, opt["momentum"], g)
-            new = jax.tree.map(lambda a, gg, mm: a - lr * (gg + momentum * mm), mixer(w, x), g, m)
-            opt["momentum"] = m
-        elif kind == "sgp":
-            new = mixer(w, jax.tree.map(lambda a, b: a - lr * b, x, g))
-        elif kind == "sgp_pushsum":
-            pw = opt["push_weight"]
-            scale = lambda v, a: v.reshape(v.shape + (1,) * (a.ndim - 1)).astype(a.dtype)  # noqa: E731
-            numer = jax.tree.map(lambda z, b: scale(pw, z) * z - lr * b, x, g)
-            numer = mixer(w, numer)
-            pw = mixer(w, pw)
-            new = jax.tree.map(lambda a: a / scale(pw, a), numer)
-            opt["push_weight"] = pw
-        else:
-            raise ValueError(f"unknown gossip algorithm {kind!r}")
+        new, opt = rule.update(x, g, state.opt_state, lambda tree: mixer(w, tree), lr)
         return AgentState(params=new, batch_stats=stats, opt_state=opt), {"loss": loss, "accuracy": acc}
 
     return step
-
-
-def init_opt_state(kind: str, params) -> dict:
-    n = jax.tree.leaves(params)[0].shape[0]
-    if kind in ("cdmsgd", "cga"):
-        return {"momentum": jax.tree.map(jnp.zeros_like, params)}
-    if kind == "sgp_pushsum":
-        from dimat_jax.distributed import like_agents
-        return {"push_weight": like_agents(jnp.ones((n,), jnp.float32), params)}
-    return {}
 
 
 class _StepOfMatrix:
@@ -182,23 +233,24 @@ class _StepOfMatrix:
 class Gossip(Algorithm):
     """Train with gossip every minibatch; round r = ``local_epochs`` epochs, then evaluate."""
 
-    def __init__(self, ctx, topology):
-        c = ctx.config
+    def __init__(self, services, topology):
+        c = services.config
         b = c.baseline
-        self.ctx, self.topology, self.kind = ctx, topology, c.algorithm
+        self.topology, self.kind = topology, c.algorithm
+        self.rule = gossip_rule(self.kind, b.momentum)
         build = lambda plan=None: make_gossip_step(  # noqa: E731
-            ctx.model, ctx.data.preprocess, self.kind, strategy=ctx.strategy, momentum=b.momentum,
-            bn_mode="frozen" if b.bn_frozen else "ema", qp_sweeps=b.cga_qp_iters, mesh=ctx.mesh, plan=plan,
-            per_agent_data=ctx.per_agent_data)
+            services.model, services.data.preprocess, self.kind, strategy=services.strategy, momentum=b.momentum,
+            bn_mode="frozen" if b.bn_frozen else "ema", qp_sweeps=b.cga_qp_iters, mesh=services.mesh, plan=plan,
+            per_agent_data=services.per_agent_data)
         # one compiled step per mixing matrix when it needs its own exchange plan (sparse graph on a mesh)
         self.steps, self.mixing = [], []
         dense_step = None
         for m in topology.matrices:
             plan = None
-            if ctx.mesh is not None:
+            if services.mesh is not None:
                 from dimat_jax.distributed import ExchangePlan, num_devices
                 hood = Neighbourhood.from_matrix(m)
-                plan = ExchangePlan.build(hood.nbr, num_devices(ctx.mesh))
+                plan = ExchangePlan.build(hood.nbr, num_devices(services.mesh))
             if plan is None or plan.dense:
                 dense_step = dense_step or build()
                 self.steps.append(dense_step)
@@ -206,33 +258,36 @@ class Gossip(Algorithm):
             else:
                 self.steps.append(build(plan))
                 self.mixing.append((jnp.asarray(hood.weight), jnp.asarray(hood.self_weight)))
-        ctx.log(f"{self.kind}: SGD lr {b.lr} (baseline.lr), lr x {b.lr_decay}/epoch, "
-                + (f"momentum {b.momentum}, " if self.kind in ("cdmsgd", "cga") else "")
-                + "mixing every minibatch; BatchNorm "
-                + ("frozen (reference quirk)" if b.bn_frozen else "local, train mode"))
+        services.log(f"{self.kind}: SGD lr {b.lr} (baseline.lr), lr x {b.lr_decay}/epoch, "
+                     + (f"momentum {b.momentum}, " if self.kind in ("cdmsgd", "cga") else "")
+                     + "mixing every minibatch; BatchNorm "
+                     + ("frozen (reference quirk)" if b.bn_frozen else "local, train mode"))
         if self.kind == "cga":
             hoods = [Neighbourhood.from_matrix(m) for m in topology.matrices]
             self.lists = [(jnp.asarray(h.nbr), jnp.asarray(h.weight)) for h in hoods]
         else:
             self.lists = [()] * topology.period
-        self.first_epoch = ctx.config.pretrain_epochs  # the lr decays from the start of gossip training
+        self.first_epoch = c.pretrain_epochs  # the lr decays from the start of gossip training
 
-    def setup(self, state):
-        return state.replace(opt_state=init_opt_state(self.kind, state.params))
+    def init(self, state):
+        return state.replace(opt_state=self.rule.init(state.params))
 
-    def round(self, state, r: int):
-        ctx, c, b = self.ctx, self.ctx.config, self.ctx.config.baseline
-        steps = ctx.steps_per_epoch
+    def round(self, state, r: int, services):
+        c, b = services.config, services.config.baseline
+        steps = services.steps_per_epoch
         done = (r - 1) * c.local_epochs * steps  # gossip steps before this round (time-varying graphs)
 
         def extra_args(e, s, t):
             k = (done + t) % self.topology.period
             return (k, jnp.float32(b.lr * b.lr_decay ** (e - self.first_epoch))) + self.lists[k]
 
-        state, stats = ctx.train(state, _StepOfMatrix(self.steps, self.mixing), c.local_epochs, f"round {r}/{c.rounds}",
-                                 extra_args=extra_args)
+        state, stats = services.train(state, _StepOfMatrix(self.steps, self.mixing), c.local_epochs,
+                                      f"round {r}/{c.rounds}", extra_args=extra_args)
         message_bytes = comms.payload_bytes(state.params) + (4 if self.kind == "sgp_pushsum" else 0)
+        sent = 0
         for t in range(done, done + c.local_epochs * steps):
-            ctx.counter.add(comms.senders(self.topology.matrix(t)), message_bytes, 2 if self.kind == "cga" else 1)
-        ctx.emit(state.variables, round_=r, phase="trained", train=stats)
-        return state
+            per_agent = comms.senders(self.topology.matrix(t))
+            services.count(per_agent, message_bytes, 2 if self.kind == "cga" else 1)
+            sent += int(per_agent.sum()) * (2 if self.kind == "cga" else 1)
+        services.emit(state.variables, round_=r, phase="trained", train=stats)
+        return state, {"gossip_steps": c.local_epochs * steps, "messages": sent}

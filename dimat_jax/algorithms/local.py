@@ -10,15 +10,14 @@ from dimat_jax.algorithms import Algorithm
 
 
 class Local(Algorithm):
-    def __init__(self, ctx, topology=None):
-        self.ctx = ctx
-        self.tx, self.step = ctx.train_step("local")
+    def __init__(self, services, topology=None):
+        self.tx, self.step = services.train_step("local")
 
-    def setup(self, state):
+    def init(self, state):
         return state.replace(opt_state=agents.init_opt_state(self.tx, state.params))
 
-    def round(self, state, r: int):
-        c = self.ctx.config
-        state, stats = self.ctx.train(state, self.step, c.local_epochs, f"round {r}/{c.rounds}")
-        self.ctx.emit(state.variables, round_=r, phase="trained", train=stats)
-        return state
+    def round(self, state, r: int, services):
+        c = services.config
+        state, stats = services.train(state, self.step, c.local_epochs, f"round {r}/{c.rounds}")
+        services.emit(state.variables, round_=r, phase="trained", train=stats)
+        return state, {}

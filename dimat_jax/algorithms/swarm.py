@@ -27,17 +27,17 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dimat_jax import agents, comms
-from dimat_jax.algorithms import SWARM_VARIANTS as VARIANTS  # noqa: F401  (re-exported)
 from dimat_jax.algorithms import Algorithm
+from dimat_jax.algorithms.gossip import MomentumState, NoState
 from dimat_jax.agents import AgentState, make_agent_grads, over_agents
 from dimat_jax.data.pipeline import epoch_batches, stream_positions
-from dimat_jax.guards import check_losses, divergence_limit
+from dimat_jax.guards import check_losses
 
 
 def make_swarm_step(model, preprocess, *, strategy: str = "auto", bn_mode: str = "ema", momentum: float = 0.0):
     """Jitted ``step(state, x_all, y_all, pair [2], idx [2, B], key, lr, average=True) -> (state,
     metrics [2])``: agents ``pair`` take an SGD step (heavy-ball with ``momentum`` > 0, buffers in
-    ``state.opt_state['momentum']``) on batches ``idx``, then, when ``average``, both take the
+    ``state.opt_state``, a :class:`MomentumState`) on batches ``idx``, then, when ``average``, both take the
     pair's mean parameters."""
     grads_fn = make_agent_grads(model, preprocess, bn_mode)
 
@@ -54,10 +54,10 @@ def make_swarm_step(model, preprocess, *, strategy: str = "auto", bn_mode: str =
         params = take(state.params)
         g, new_stats, loss, acc = lifted((params, take(state.batch_stats), idx, agents.agent_keys(key, 2)),
                                          x_all, y_all)
-        opt = dict(state.opt_state)
+        opt = state.opt_state
         if momentum:
-            buf = jax.tree.map(lambda m, gg: momentum * m + gg, take(opt["momentum"]), g)
-            opt["momentum"] = put(opt["momentum"], buf)
+            buf = jax.tree.map(lambda m, gg: momentum * m + gg, take(opt.momentum), g)
+            opt = MomentumState(put(opt.momentum, buf))
             g = buf
         stepped = jax.tree.map(lambda p, gg: p - lr * gg, params, g)
         new = jax.tree.map(lambda p: jnp.where(average, jnp.broadcast_to(p.mean(0), p.shape), p), stepped)
@@ -97,88 +97,91 @@ def averages_at(t: int, i1: int, i2: int) -> bool:
 class Swarm(Algorithm):
     """Round r = ``local_epochs`` epochs of interactions, then evaluate (phase 'trained')."""
 
-    def __init__(self, ctx, topology):
-        c, b = ctx.config, ctx.config.baseline
-        self.ctx, self.topology, self.variant = ctx, topology, b.swarm_variant
-        self.n = ctx.data.num_agents
+    def __init__(self, services, topology):
+        c, b = services.config, services.config.baseline
+        self.topology, self.variant = topology, b.swarm_variant
+        self.data, self.n = services.data, services.data.num_agents
         self.reference = self.variant == "reference"
         # the pair's step runs on whichever devices hold a and b (XLA moves the two models)
-        self.step = make_swarm_step(ctx.model, ctx.data.preprocess, strategy=ctx.strategy,
+        self.step = make_swarm_step(services.model, services.data.preprocess, strategy=services.strategy,
                                     bn_mode="frozen" if b.bn_frozen else "ema",
                                     momentum=b.momentum if self.reference else 0.0)
         self.edges = [undirected_edges(m) for m in topology.matrices]
         self.nbrs = [neighbour_lists(m) for m in topology.matrices]
         if any(len(e) == 0 for e in self.edges):
             raise ValueError(f"swarmsgd needs a graph with edges; topology {topology.name!r} has none")
-        self.per_epoch = ctx.steps_per_epoch if self.reference else max(1, self.n * ctx.steps_per_epoch // 2)
+        self.per_epoch = (services.steps_per_epoch if self.reference
+                          else max(1, self.n * services.steps_per_epoch // 2))
         self.first_epoch = c.pretrain_epochs
         # uniform_edge: items consumed from each agent's data stream (pre-training consumed the first ones)
-        self.positions = np.full(self.n, c.pretrain_epochs * ctx.steps_per_epoch * c.batch_size, np.int64)
-        ctx.log(f"swarmsgd ({self.variant}): SGD lr {b.lr} (baseline.lr), lr x {b.lr_decay}/epoch, "
-                + (f"momentum {b.momentum}, one node-then-neighbour pair per minibatch step, averaging in the "
-                   f"last {b.swarm_i2} of every {b.swarm_i1 + b.swarm_i2} interactions" if self.reference else
-                   f"one uniformly random edge steps and averages per interaction, {self.per_epoch} interactions/epoch"))
+        self.positions = np.full(self.n, c.pretrain_epochs * services.steps_per_epoch * c.batch_size, np.int64)
+        self.seed, self.batch_size = c.seed, c.batch_size
+        services.log(f"swarmsgd ({self.variant}): SGD lr {b.lr} (baseline.lr), lr x {b.lr_decay}/epoch, "
+                     + (f"momentum {b.momentum}, one node-then-neighbour pair per minibatch step, averaging in the "
+                        f"last {b.swarm_i2} of every {b.swarm_i1 + b.swarm_i2} interactions" if self.reference else
+                        f"one uniformly random edge steps and averages per interaction, {self.per_epoch} "
+                        "interactions/epoch"))
 
-    def setup(self, state):
+    def init(self, state):
         if self.reference:
-            return state.replace(opt_state={"momentum": jax.tree.map(jnp.zeros_like, state.params)})
-        return state.replace(opt_state={})
+            return state.replace(opt_state=MomentumState(jax.tree.map(jnp.zeros_like, state.params)))
+        return state.replace(opt_state=NoState())
 
     def _pair_and_batches(self, rng, e: int, s: int, t: int, epoch_idx):
-        c = self.ctx.config
         k = t % self.topology.period
         if self.reference:
             pair = node_then_neighbour(rng, self.nbrs[k])
             return pair, epoch_idx[s][pair]
         es = self.edges[k]
         pair = es[rng.integers(len(es))]
-        idx = np.stack([stream_positions(self.ctx.data.shards[a], c.seed, int(a), int(self.positions[a]),
-                                         c.batch_size) for a in pair])
-        self.positions[pair] += c.batch_size
+        idx = np.stack([stream_positions(self.data.shards[a], self.seed, int(a), int(self.positions[a]),
+                                         self.batch_size) for a in pair])
+        self.positions[pair] += self.batch_size
         return pair, idx
 
-    def round(self, state, r: int):
-        ctx, c, b, n = self.ctx, self.ctx.config, self.ctx.config.baseline, self.n
+    def round(self, state, r: int, services):
+        c, b, n = services.config, services.config.baseline, self.n
         key = jax.random.fold_in(jax.random.PRNGKey(c.seed), 0x5A4)
         message_bytes = comms.payload_bytes(state.params)
+        averaged = 0
         loss_sum, acc_sum, count = np.zeros(n), np.zeros(n), np.zeros(n)
         t_start, step_gflops, interactions = time.perf_counter(), None, 0
         bar = tqdm(total=c.local_epochs * self.per_epoch, desc=f"round {r}/{c.rounds}", leave=False,
-                   disable=None if ctx.progress else True, unit="step")
-        for e in range(ctx.epoch, ctx.epoch + c.local_epochs):
+                   disable=None if c.log.progress else True, unit="step")
+        first = services.counters.epoch
+        for e in range(first, first + c.local_epochs):
             rng = np.random.default_rng(np.random.SeedSequence([c.seed, e, 0x5A4]))
             lr = jnp.float32(b.lr * b.lr_decay ** (e - self.first_epoch))
-            epoch_idx = (epoch_batches(ctx.data.shards, c.seed, e, ctx.steps_per_epoch, c.batch_size)
+            epoch_idx = (epoch_batches(self.data.shards, c.seed, e, services.steps_per_epoch, c.batch_size)
                          if self.reference else None)  # [steps, N, B]: the synchronised streams
             pending = []
             for s in range(self.per_epoch):
                 t = (e - self.first_epoch) * self.per_epoch + s
                 pair, idx = self._pair_and_batches(rng, e, s, t, epoch_idx)
                 average = averages_at(t, b.swarm_i1, b.swarm_i2) if self.reference else True
-                args = (ctx.x_train, ctx.y_train, jnp.asarray(pair), jnp.asarray(idx, jnp.int32),
+                args = (services.x_train, services.y_train, jnp.asarray(pair), jnp.asarray(idx, jnp.int32),
                         jax.random.fold_in(key, t), lr, jnp.bool_(average))
                 state, m = self.step(state, *args)
                 if step_gflops is None:
-                    step_gflops = ctx.flops.gflops(self.step, state, *args)
+                    step_gflops = services.flops.gflops(self.step, state, *args)
                 interactions += 1
                 pending.append((pair, m))
                 if average:
-                    ctx.counter.add(np.bincount(pair, minlength=n), message_bytes)
+                    services.count(np.bincount(pair, minlength=n), message_bytes)
+                    averaged += 1
                 bar.update(1)
             for pair, m in pending:
                 loss_sum[pair] += np.asarray(m["loss"])
                 acc_sum[pair] += np.asarray(m["accuracy"])
                 count[pair] += 1
-            check_losses(loss_sum / np.maximum(count, 1), f"epoch {e}, round {r} (swarmsgd)",
-                         divergence_limit(ctx.data.dataset.num_classes, c.guard.divergence_factor), bar)
+            check_losses(loss_sum / np.maximum(count, 1), f"epoch {e}, round {r} (swarmsgd)", services.loss_limit, bar)
         bar.close()
-        ctx.epoch += c.local_epochs
-        ctx.local_steps += c.local_epochs * ctx.steps_per_epoch
+        services.advance(c.local_epochs)
         count = np.maximum(count, 1)
-        ctx.emit(state.variables, round_=r, phase="trained", train={
+        services.emit(state.variables, round_=r, phase="trained", train={
             "loss": loss_sum / count, "accuracy": acc_sum / count, "gflops": (step_gflops or 0.0) * interactions,
             "time_s": time.perf_counter() - t_start})
-        return state
+        return state, {"interactions": interactions, "averaging": averaged}
 
     def extra_state(self) -> dict:
         return {"positions": self.positions.tolist()}

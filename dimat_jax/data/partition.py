@@ -1,6 +1,6 @@
 """Split a training set across agents. Every function returns one sorted index array per agent.
 
-Faithful to the reference (SPEC §4.2):
+Faithful to the reference (docs/algorithm.md §5):
 - ``iid``: each class's examples, in dataset order, are cut into N contiguous blocks (sizes differ
   by at most one when the count is not divisible by N); agent k gets block k of every class.
 - ``noniid``: class c goes entirely to agent c mod N.
@@ -16,8 +16,8 @@ Ours (seeded):
 from __future__ import annotations
 
 import numpy as np
+from dimat_jax.choices import PARTITIONS  # noqa: F401  (re-exported)
 
-PARTITIONS = ("iid", "noniid", "iid_shuffled", "k_classes", "shards", "dirichlet")
 
 
 class PartitionError(ValueError):

@@ -14,8 +14,8 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from dimat_jax.choices import AUGMENTATIONS  # noqa: F401  (re-exported)
 
-AUGMENTATIONS = ("auto", "none", "crop", "flip", "crop_flip")
 
 
 def steps_per_epoch(shard_sizes, batch_size: int, override: int = 0) -> int:

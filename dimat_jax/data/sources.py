@@ -14,6 +14,7 @@ import os
 import pathlib
 
 import numpy as np
+from dimat_jax.choices import DATASETS, IDX_NAMES, TFDS_NAMES  # noqa: F401  (re-exported)
 
 
 class DataError(ValueError):
@@ -42,7 +43,7 @@ class Dataset:
         return tuple(self.x_train.shape[1:])
 
 
-# Per-dataset channel statistics of x / pixel_max (SPEC §4.2).
+# Per-dataset channel statistics of x / pixel_max (docs/algorithm.md §5).
 NORMALIZATION = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
@@ -53,7 +54,7 @@ NORMALIZATION = {
     "digits": ((0.30555,), (0.37612,)),
 }
 # What the reference code uses (`data.normalization='reference'`): only CIFAR-100 differs.
-# Its Tiny ImageNet statistics are divided by 255 twice, a bug we do not reproduce (SPEC §4.2).
+# Its Tiny ImageNet statistics are divided by 255 twice, a bug we do not reproduce (docs/algorithm.md §5).
 REFERENCE_NORMALIZATION = {
     "cifar100": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
 }
@@ -65,9 +66,6 @@ _AUGMENT = {
     "npz": ("none", 0),
 }
 
-TFDS_NAMES = ("cifar10", "cifar100", "mnist", "fashion_mnist")
-IDX_NAMES = ("mnist", "fashion_mnist")  # also read from a folder of IDX files (``data_path``)
-DATASETS = ("digits",) + TFDS_NAMES + ("tiny_imagenet", "npz")
 
 
 def normalization(name: str, flavour: str = "dataset") -> tuple[tuple[float, ...], tuple[float, ...]]:

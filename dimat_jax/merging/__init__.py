@@ -13,14 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from dimat_jax.merging.engine import MERGE_DATA, MergeInfo, Merger, merge_batches
-from dimat_jax.merging.matching import MATCHERS, MatchContext, lsa, weight_match_pair
+from dimat_jax.merging.matching import MATCHERS, MatchContext, Matcher, lsa, weight_match_pair
 from dimat_jax.merging.neighbours import ForwardPlan, Neighbourhood
 from dimat_jax.merging.spec import (PermAxis, PermutationSpec, SpecError, identity_permutations, invert, permute,
-                                    permute_stacked, random_permutations)
+                                    permute_stacked, permuted_leaf, random_permutations)
 
-__all__ = ["MATCHERS", "MERGE_DATA", "ForwardPlan", "MatchContext", "MergeInfo", "Merger", "Neighbourhood",
+__all__ = ["MATCHERS", "MERGE_DATA", "ForwardPlan", "MatchContext", "Matcher", "MergeInfo", "Merger", "Neighbourhood",
            "PermAxis", "PermutationSpec", "SpecError", "identity_permutations", "invert", "lsa", "match_pair",
-           "merge_batches", "permute", "permute_stacked", "random_permutations", "weight_match_pair"]
+           "merge_batches", "permute", "permute_stacked", "permuted_leaf", "random_permutations", "weight_match_pair"]
 
 
 def match_pair(model, spec: PermutationSpec, preprocess, a: dict, b: dict, x, *, method: str = "activation",

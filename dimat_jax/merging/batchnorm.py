@@ -1,4 +1,4 @@
-"""BatchNorm re-estimation (SPEC §2.5): reset every BN's running statistics and recompute them
+"""BatchNorm re-estimation (docs/algorithm.md §2.5): reset every BN's running statistics and recompute them
 exactly over one pass of data in train mode, for all agents at once.
 
 Each BN layer sows its batch moments E[x], E[x²] (``bn_moments`` collection); with equal-size
@@ -13,7 +13,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from dimat_jax.agents import over_agents
+from dimat_jax.agents import agent_keys, over_agents
 from dimat_jax.merging.spec import flatten, unflatten
 
 
@@ -37,7 +37,7 @@ def make_bn_moments_step(model, preprocess, strategy: str = "auto", augment: boo
     @jax.jit
     def step(sums, variables, x_all, idx, key):
         n = idx.shape[0]
-        keys = jax.vmap(lambda a: jax.random.fold_in(key, a))(jnp.arange(n))
+        keys = agent_keys(key, n)
         moments = lifted((variables, idx, keys, x_all)) if per_agent_data else lifted((variables, idx, keys), x_all)
         if sums is None:
             return moments

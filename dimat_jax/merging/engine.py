@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -27,8 +26,8 @@ from dimat_jax.merging import batchnorm, matching, stats
 from dimat_jax.merging.mix import make_mix
 from dimat_jax.merging.neighbours import ForwardPlan, Neighbourhood
 from dimat_jax.merging.spec import PermutationSpec
+from dimat_jax.choices import MERGE_DATA  # noqa: F401  (re-exported)
 
-MERGE_DATA = ("local", "global")
 
 
 def merge_batches(shards, mode: str, batch_size: int, num_batches: int = 0, seed: int = 0,
@@ -94,6 +93,7 @@ class MergeInfo:
     examples_per_pass: int = 0   # per agent
     gflops: float = 0.0          # XLA's count for the round's passes, all agents together
     mean_matched_correlation: dict = dataclasses.field(default_factory=dict)
+    perms: dict = dataclasses.field(default_factory=dict)  # the matched permutations, p -> int [N, D, C_p]
 
     @property
     def total_s(self) -> float:
@@ -103,12 +103,11 @@ class MergeInfo:
 class Merger:
     """Compiled merge passes for one (model, spec, preprocessing, strategy).
 
-    ``matcher``: a name in :data:`matching.MATCHERS` or a callable ``f(MatchContext) -> perms``
-    with a ``needs_activations`` attribute.
+    ``matcher``: a name in :data:`matching.MATCHERS` or a :class:`matching.Matcher`.
     """
 
     def __init__(self, model, spec: PermutationSpec, preprocess, *, strategy: str = "auto",
-                 matcher: str | Callable = "activation", augment: bool = False, seed: int = 0, mesh=None,
+                 matcher: str | matching.Matcher = "activation", augment: bool = False, seed: int = 0, mesh=None,
                  per_agent_data: bool = False):
         self.model, self.spec, self.seed, self.mesh = model, spec, seed, mesh
         self.per_agent_data = per_agent_data
@@ -197,7 +196,7 @@ class Merger:
     def match(self, variables: dict, hood: Neighbourhood, correlations=None) -> dict[str, np.ndarray]:
         ctx = matching.MatchContext(spec=self.spec, hood=hood, variables=variables, correlations=correlations,
                                     seed=self.seed)
-        return self.matcher(ctx)
+        return self.matcher.match(ctx)
 
     def mix(self, variables: dict, hood: Neighbourhood, perms) -> dict:
         """θ_i ← Π[i, i] θ_i + Σ_k weight[i, k] P_ik(θ_nbr[i, k]) (identity permutations = Π @ θ)."""
@@ -248,6 +247,7 @@ class Merger:
         t = time.perf_counter()
         perms = self.match(variables, hood, corr)
         info.match_s = time.perf_counter() - t
+        info.perms = perms
         if corr is not None:
             info.mean_matched_correlation = {
                 p: float(np.mean([corr[p][i, k][np.arange(len(perms[p][i, k])), perms[p][i, k]].mean()

@@ -1,21 +1,21 @@
 """Matchers: for every receiver i, neighbour slot k and permutation p, an index vector that aligns
-neighbour ``nbr[i, k]`` to receiver i's units (SPEC §2.3). Result: ``{p: int32 [N, D, C_p]}``.
+neighbour ``nbr[i, k]`` to receiver i's units (docs/algorithm.md §2.3). Result: ``{p: int32 [N, D, C_p]}``.
 
-A matcher is any callable ``matcher(ctx: MatchContext) -> perms`` with an attribute
-``needs_activations`` (whether the engine must run the statistics pass first). Shipped:
+A :class:`Matcher` is plain data: its ``match(ctx: MatchContext) -> perms`` function and whether the
+engine must run the statistics pass first (``needs_activations``). Shipped in :data:`MATCHERS`:
 ``activation`` (DIMAT: LSA on activation correlations), ``weight`` (WM: Git Re-Basin weight
-matching) and ``identity`` (WA: plain averaging). Register another in :data:`MATCHERS`.
+matching) and ``identity`` (WA: plain averaging).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Mapping
+from typing import Callable, Mapping, NamedTuple
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from dimat_jax.merging.neighbours import Neighbourhood
-from dimat_jax.merging.spec import PermutationSpec, flatten
+from dimat_jax.merging.spec import PermutationSpec, flatten, permuted_leaf
 
 
 @dataclasses.dataclass
@@ -25,6 +25,13 @@ class MatchContext:
     variables: Mapping | None = None            # stacked {'params', 'batch_stats'} (host or device)
     correlations: Mapping | None = None         # p -> [N, D, C, C] (activation matching)
     seed: int = 0
+
+
+class Matcher(NamedTuple):
+    """How a merge finds its permutations."""
+    name: str
+    match: Callable[[MatchContext], dict]   # -> {p: int32 [N, D, C_p]}
+    needs_activations: bool                 # the statistics pass must run first
 
 
 def _identity_perms(ctx: MatchContext) -> dict[str, np.ndarray]:
@@ -45,8 +52,6 @@ def identity_matcher(ctx: MatchContext) -> dict[str, np.ndarray]:
     return _identity_perms(ctx)
 
 
-identity_matcher.needs_activations = False
-
 
 def activation_matcher(ctx: MatchContext) -> dict[str, np.ndarray]:
     """``linear_sum_assignment(corr, maximize=True)`` per (edge, permutation) on the host. Exact per
@@ -62,16 +67,8 @@ def activation_matcher(ctx: MatchContext) -> dict[str, np.ndarray]:
     return perms
 
 
-activation_matcher.needs_activations = True
-
 
 # ----------------------------------------------------------------------------- weight matching
-def _take(x: np.ndarray, perm: np.ndarray, axis: int, outer: int) -> np.ndarray:
-    if outer > 1:
-        perm = (np.arange(outer)[:, None] * len(perm) + perm[None, :]).reshape(-1)
-    return np.take(x, perm, axis=axis)
-
-
 def _units_first(x: np.ndarray, axis: int, outer: int, c: int) -> np.ndarray:
     """Move ``axis`` (size outer*c, c fastest) to a leading [c, rest] matrix."""
     x = np.moveaxis(x, axis, 0)
@@ -101,10 +98,7 @@ def weight_match_pair(spec: PermutationSpec, a: Mapping, b: Mapping, *, max_swee
             for path, axis, outer in spec.touched(p):
                 if path not in fa:
                     continue
-                wb = fb[path]
-                for ax2, e in enumerate(spec.axes[path]):
-                    if ax2 != axis and e is not None:
-                        wb = _take(wb, perms[e.perm], ax2, e.outer)
+                wb = permuted_leaf(fb[path], spec.axes[path], perms, except_axis=axis, xp=np)
                 score += _units_first(fa[path], axis, outer, c) @ _units_first(wb, axis, outer, c).T
             new = lsa(score)
             if score[np.arange(c), new].sum() > score[np.arange(c), perms[p]].sum() + 1e-12:
@@ -130,7 +124,6 @@ def weight_matcher(ctx: MatchContext, max_sweeps: int = 100) -> dict[str, np.nda
     return perms
 
 
-weight_matcher.needs_activations = False
-
-MATCHERS: dict[str, Callable] = {"activation": activation_matcher, "weight": weight_matcher,
-                                 "identity": identity_matcher}
+MATCHERS: dict[str, Matcher] = {"activation": Matcher("activation", activation_matcher, True),
+                                "weight": Matcher("weight", weight_matcher, False),
+                                "identity": Matcher("identity", identity_matcher, False)}

@@ -1,4 +1,4 @@
-"""Apply the matched permutations and mix, for all agents in one jitted function (SPEC §2.4):
+"""Apply the matched permutations and mix, for all agents in one jitted function (docs/algorithm.md §2.4):
 
     θ_i ← Π[i, i] θ_i + Σ_k weight[i, k] · P_ik(θ_{nbr[i, k]})
 

@@ -53,14 +53,6 @@ class Neighbourhood:
         """(receiver i, neighbour j, slot k) of every used slot."""
         return [(i, int(self.nbr[i, k]), k) for i, k in zip(*np.nonzero(self.mask))]
 
-    def matrix(self) -> np.ndarray:
-        """The mixing matrix back, float64 [N, N]."""
-        n = self.num_agents
-        w = np.diag(self.self_weight.astype(np.float64))
-        for i, j, k in self.edges():
-            w[i, j] += self.weight[i, k]
-        return w
-
 
 @dataclasses.dataclass(frozen=True)
 class ForwardPlan:

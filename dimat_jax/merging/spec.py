@@ -43,9 +43,6 @@ class PermAxis(NamedTuple):
     outer: int = 1
 
 
-AxisEntry = "PermAxis | None"
-
-
 def _entry(p) -> PermAxis | None:
     if p is None or isinstance(p, PermAxis):
         return p
@@ -152,11 +149,19 @@ class PermutationSpec:
 
 
 # --------------------------------------------------------------------------- permuting
-def _axis_index(perm: jnp.ndarray, outer: int) -> jnp.ndarray:
-    if outer == 1:
-        return perm
-    c = perm.shape[-1]
-    return (jnp.arange(outer)[:, None] * c + perm[None, :]).reshape(-1)
+def permuted_leaf(x, entries: tuple, perms: Mapping, except_axis: int | None = None, xp=jnp):
+    """Leaf ``x`` with every axis its spec ``entries`` name permuted by ``perms`` (unit k of an axis
+    becomes unit ``perm[k]``; an axis of ``outer`` blocks is permuted inside each block), except
+    ``except_axis`` — git-re-basin's ``get_permuted_param``. ``xp``: ``jax.numpy`` or ``numpy``.
+    Permutations missing from ``perms`` are the identity."""
+    for ax, e in enumerate(entries):
+        if ax == except_axis or e is None or e.perm not in perms:
+            continue
+        perm = xp.asarray(perms[e.perm])
+        if e.outer > 1:
+            perm = (xp.arange(e.outer)[:, None] * perm.shape[-1] + perm[None, :]).reshape(-1)
+        x = xp.take(x, perm, axis=ax)
+    return x
 
 
 def permute(variables: Mapping, spec: PermutationSpec, perms: Mapping[str, jnp.ndarray]) -> dict:
@@ -165,13 +170,7 @@ def permute(variables: Mapping, spec: PermutationSpec, perms: Mapping[str, jnp.n
     Permutations missing from ``perms`` are treated as the identity.
     """
     flat = flatten({k: variables[k] for k in ("params", "batch_stats") if k in variables})
-    out = {}
-    for path, x in flat.items():
-        for ax, e in enumerate(spec.axes[path]):
-            if e is not None and e.perm in perms:
-                x = jnp.take(x, _axis_index(jnp.asarray(perms[e.perm]), e.outer), axis=ax)
-        out[path] = x
-    return unflatten(out)
+    return unflatten({path: permuted_leaf(x, spec.axes[path], perms) for path, x in flat.items()})
 
 
 def permute_stacked(variables: Mapping, spec: PermutationSpec, perms: Mapping[str, jnp.ndarray]) -> dict:

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dimat_jax.agents import over_agents
+from dimat_jax.agents import agent_keys, over_agents
 from dimat_jax.merging.spec import PermutationSpec, flatten
 
 
@@ -61,7 +61,7 @@ def batch_inputs(preprocess, x_raw, key, augment: bool):
     that sees row r sees the same images, so the cross moments compare like with like."""
     if not augment:
         return preprocess.eval(x_raw)
-    keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(x_raw.shape[0]))
+    keys = agent_keys(key, x_raw.shape[0])
     return jax.vmap(preprocess.train)(keys, x_raw)
 
 
@@ -227,7 +227,7 @@ def make_sharded_stats_step(model, spec: PermutationSpec, preprocess, mesh, plan
 
     @jax.jit
     def step(m: Moments, variables, x_all, idx, key):
-        keys = jax.vmap(lambda a: jax.random.fold_in(key, a))(jnp.arange(idx.shape[0]))
+        keys = agent_keys(key, idx.shape[0])
         return fn(m, variables, idx, jnp.asarray(cand_table), keys, x_all)
 
     return step

@@ -5,10 +5,9 @@ import flax.linen as nn
 
 from dimat_jax.models.cnn import SmallCNN
 from dimat_jax.models.resnet import ResNet20
-from dimat_jax.models.vgg import MIN_INPUT_SIZE as VGG_MIN_INPUT_SIZE
 from dimat_jax.models.vgg import VGG16
 
-MODELS = ("cnn", "resnet20", "vgg16")
+from dimat_jax.choices import MODELS, VGG_MIN_INPUT_SIZE
 
 __all__ = ["MODELS", "ModelError", "ResNet20", "SmallCNN", "VGG16", "build_model", "check_input_shape",
            "permutation_spec"]

@@ -17,8 +17,8 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax import lax
+from dimat_jax.choices import FILTER_GRADS  # noqa: F401  (re-exported)
 
-FILTER_GRADS = ("auto", "xla", "taps")
 _DN = ("NHWC", "HWIO", "NHWC")
 
 

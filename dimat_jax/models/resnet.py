@@ -1,4 +1,4 @@
-"""CIFAR ResNet-20 with a width multiplier (SPEC §2.1).
+"""CIFAR ResNet-20 with a width multiplier (docs/algorithm.md §2.1).
 
 stem: conv3x3(16w) -> BN -> ReLU; stages 1..3 of three BasicBlocks of width 16w / 32w / 64w; the
 first block of stages 2 and 3 has stride 2 and a 3x3 conv + BN projection shortcut; global average
@@ -55,7 +55,7 @@ class ResNet20(nn.Module):
 
 
 def permutation_spec(variables):
-    """12 permutations (SPEC §2.1).
+    """12 permutations (docs/algorithm.md §2.1).
 
     ``P_stage{s}_block{b}`` (9, block-internal): conv1's output, bn1, conv2's input; observed at
     ``stage{s}_block{b}/relu1``. ``P_res{s}`` (3, one residual stream per stage): everything that

@@ -1,4 +1,4 @@
-"""VGG16 with BatchNorm (SPEC §2.1): 13 x [conv3x3 (bias) -> BN -> ReLU], 5 max-pools, Dense head.
+"""VGG16 with BatchNorm (docs/algorithm.md §2.1): 13 x [conv3x3 (bias) -> BN -> ReLU], 5 max-pools, Dense head.
 
 Channels 64w, 64w | 128w, 128w | 256w x3 | 512w x3 | 512w x3 (| = 2x2 max-pool). The head reads the
 flattened final map (H*W*C inputs; 1x1 on 32x32 inputs, 2x2 on 64x64). Needs inputs >= 32x32.
@@ -14,7 +14,6 @@ from dimat_jax.models.cnn import channels
 from dimat_jax.models.layers import BatchNorm, conv3x3, dense, sow_feature
 
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
-MIN_INPUT_SIZE = 32
 
 
 class VGG16(nn.Module):

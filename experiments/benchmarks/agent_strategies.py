@@ -2,7 +2,7 @@
 single-agent steps.
 
   python experiments/benchmarks/agent_strategies.py [--model resnet20 --width 1 --agents 2,5,10
-      --batch 128 --reps 3 --strategies separate,unrolled,vmap,map,shard_map --out results.json]
+      --batch 128 --reps 3 --strategies separate,unrolled,vmap,map,chunked,shard_map --out results.json]
 
 One "step" advances all N agents by one minibatch of ``--batch`` CIFAR-shaped images each
 (synthetic pixels, Adam). ``separate`` is the baseline: N independent jitted single-agent steps
@@ -83,13 +83,16 @@ def main():
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--strategies", default="separate,unrolled,vmap,map")
+    p.add_argument("--unrolled-max", type=int, default=0,
+                   help="skip 'unrolled' above this many agents (its compile time grows with N); 0 = never skip")
     p.add_argument("--out", default="")
     args = p.parse_args()
-    names = args.strategies.split(",")
     rows, results = [], []
     for n in [int(a) for a in args.agents.split(",")]:
         parts = build(args, n)
         runners, compile_s = {}, {}
+        names = [s for s in args.strategies.split(",")
+                 if not (s == "unrolled" and args.unrolled_max and n > args.unrolled_max)]
         for name in names:
             t = time.perf_counter()
             runners[name] = make_runner(name, n, *parts)
