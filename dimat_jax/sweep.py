@@ -97,18 +97,27 @@ def run_sweep(sweep_path, workdir, log=print, dry_run: bool = False) -> list[dic
     workdir.mkdir(parents=True, exist_ok=True)
     report.write_json(workdir / CELLS_FILE, [{"name": cell_name(c), "cell": c} for c in todo])
     log(f"sweep {sweep_path}: {len(todo)} cells in {workdir}/cells")
-    for i, (config, cell) in enumerate(configs, start=1):
-        name = cell_name(cell)
-        cell_dir = workdir / "cells" / name
-        state = "finished" if (cell_dir / "summary.json").exists() else (
-            "resume" if (cell_dir / "config.json").exists() else "new")
-        log(f"[{i}/{len(todo)}] {name}: {state}")
-        if dry_run or state == "finished":
-            continue
-        t = time.perf_counter()
-        train.run(config, cell_dir, log=lambda s: None)
-        log(f"[{i}/{len(todo)}] {name}: done in {time.perf_counter() - t:.0f} s")
+    from dimat_jax.workdir import GracefulStop
+    with GracefulStop(log) as stop:  # a stop request during a cell ends the sweep after that cell
+        for i, (config, cell) in enumerate(configs, start=1):
+            if stop.requested:
+                raise train.RunInterrupted(f"sweep stopped before cell {i} of {len(todo)}")
+            _run_cell(i, len(todo), config, cell, workdir, log, dry_run)
     return [] if dry_run else aggregate(workdir)
+
+
+def _run_cell(i: int, total: int, config, cell: dict, workdir, log, dry_run: bool) -> None:
+    from dimat_jax import train
+    name = cell_name(cell)
+    cell_dir = workdir / "cells" / name
+    state = "finished" if (cell_dir / "summary.json").exists() else (
+        "resume" if (cell_dir / "config.json").exists() else "new")
+    log(f"[{i}/{total}] {name}: {state}")
+    if dry_run or state == "finished":
+        return
+    t = time.perf_counter()
+    train.run(config, cell_dir, log=lambda s: None)
+    log(f"[{i}/{total}] {name}: done in {time.perf_counter() - t:.0f} s")
 
 
 def aggregate(workdir) -> list[dict]:

@@ -167,6 +167,9 @@ class GracefulStop:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
+        outer = getattr(self._old.get(signum), "__self__", None)
+        if isinstance(outer, GracefulStop):  # a sweep around this run stops too, after this run
+            outer.requested = True
         self.log(f"\n{signal.Signals(signum).name} received: stopping after this round and saving a checkpoint "
                  "(Ctrl-C again to abort without saving)")
 

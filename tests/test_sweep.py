@@ -169,3 +169,26 @@ def test_communication_scalability_plots_and_tables(tmp_path):
     assert md.splitlines()[0] == "| algorithm | 5 / iid | 5 / noniid | 10 / iid | 10 / noniid | 20 / iid | 20 / noniid |"
     assert "| DIMAT | **85.00 ± 1.00** |" in md
     assert r"\begin{tabular}" in tex and r"\textbf{85.00 $\pm$ 1.00}" in tex
+
+
+def test_a_stop_request_during_a_cell_ends_the_sweep_after_that_cell(tmp_path, monkeypatch):
+    """SIGTERM in the last round of a cell: that run finishes (nothing to resume), and the sweep stops
+    instead of starting the next cell (once it went on, and kept writing after its workdir moved)."""
+    import os
+    import signal
+
+    from dimat_jax.algorithms import merge
+    real_round = merge.MergeFamily.round
+
+    def round_then_term(self, state, r, services):
+        out = real_round(self, state, r, services)
+        if r == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(merge.MergeFamily, "round", round_then_term)
+    work = tmp_path / "sw"
+    with pytest.raises(train.RunInterrupted, match="sweep stopped before cell 2 of 2"):
+        sweep.run_sweep(write_sweep(tmp_path, [0]), work, log=lambda s: None)
+    assert (work / "cells" / "algorithm=dimat-seed=0" / "summary.json").exists()
+    assert not (work / "cells" / "algorithm=local-seed=0").exists()
