@@ -32,6 +32,9 @@ MERGE_FAMILY = {"dimat": "activation", "wa": "identity", "wm": "weight"}  # algo
 GOSSIP_FAMILY = ("cdsgd", "cdmsgd", "sgp", "sgp_pushsum", "cga")
 SWARM_VARIANTS = ("reference", "uniform_edge")
 MERGE_DATA = ("local", "global")
+MERGE_BASES = ("own", "shared")            # merge.basis
+REMATCH = ("always", "adaptive")           # merge.rematch
+COMPRESSIONS = ("none", "bf16", "int8", "topk")  # merge.compression
 # What each communicating algorithm requires of its mixing matrix (keyword arguments of
 # topology.build); local and centralized ignore the topology.
 TOPOLOGY_NEEDS = {

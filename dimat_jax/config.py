@@ -17,7 +17,8 @@ import difflib
 
 import ml_collections
 
-from dimat_jax.choices import (ALGORITHMS, AUGMENTATIONS, DATASETS, FILTER_GRADS, IMAGE_SIZES, MERGE_DATA,
+from dimat_jax.choices import (ALGORITHMS, AUGMENTATIONS, COMPRESSIONS, DATASETS, FILTER_GRADS, IMAGE_SIZES,
+                               MERGE_BASES, MERGE_DATA, REMATCH,
                                MERGE_FAMILY, MODELS, NORMALIZATIONS, NUM_CLASSES, OPTIMIZER_ALIASES, OPTIMIZERS,
                                PARTITIONS, STRATEGIES, SWARM_VARIANTS, TOPOLOGIES, TOPOLOGY_ALIASES, TOPOLOGY_NEEDS,
                                VGG_MIN_INPUT_SIZE)
@@ -92,6 +93,15 @@ def get_default_config() -> ml_collections.ConfigDict:
     c.merge.bn_cumulative = False  # reference: BN keeps a cumulative average during the next training
     c.merge.fc_shortcut = False   # reference: on a fully connected graph merge agent 0 and copy it
     c.merge.wm_max_sweeps = 100   # weight matching: coordinate-descent sweeps at most
+    # beyond the paper (docs/algorithm.md §8)
+    c.merge.basis = "own"         # own (the paper: each agent merges into its own units) | shared (one common basis)
+    c.merge.rematch = "always"    # always | adaptive (shared basis: match only when a probe says the bases drifted)
+    c.merge.probe_examples = 200  # adaptive: examples per agent of the drift probe (and of BN re-estimation when only averaging)
+    c.merge.rematch_threshold = 0.02  # adaptive: re-match when matching would raise the mean unit correlation by more
+    c.merge.compression = "none"  # merge messages: none | bf16 | int8 | topk
+    c.merge.topk_fraction = 0.1   # topk: share of entries of each tensor's change sent per message
+    c.merge.edge_fraction = 1.0   # each round merge over a random subset of the edges (kept with this probability)
+    c.merge.straggler_prob = 0.0  # each round every agent misses the merge with this probability
 
     c.baseline = ml_collections.ConfigDict()  # cdsgd / cdmsgd / sgp / sgp_pushsum / cga / swarmsgd
     c.baseline.lr = 0.01          # reference: SGD lr 0.01
@@ -142,7 +152,8 @@ _CHOICES = {
     "optimizer": OPTIMIZERS + tuple(OPTIMIZER_ALIASES), "pretrain.optimizer": OPTIMIZERS + tuple(OPTIMIZER_ALIASES),
     "data.normalization": NORMALIZATIONS, "data.augment": AUGMENTATIONS, "agents.strategy": STRATEGIES,
     "agents.conv_filter_grad": FILTER_GRADS,
-    "merge_data": MERGE_DATA, "baseline.swarm_variant": SWARM_VARIANTS,
+    "merge_data": MERGE_DATA, "baseline.swarm_variant": SWARM_VARIANTS, "merge.basis": MERGE_BASES,
+    "merge.rematch": REMATCH, "merge.compression": COMPRESSIONS,
 }
 
 
@@ -278,6 +289,23 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          "interactions)")
     if c.algorithm in MERGE_FAMILY or c.algorithm in TOPOLOGY_NEEDS:
         need(c.num_agents >= 2, f"algorithm {c.algorithm!r} needs num_agents >= 2 (use 'local' or 'centralized' for 1)")
+    need(c.merge.probe_examples >= 1 and c.merge.rematch_threshold >= 0,
+         "merge.probe_examples must be >= 1 and merge.rematch_threshold >= 0")
+    need(0 < c.merge.topk_fraction <= 1, f"merge.topk_fraction must be in (0, 1], got {c.merge.topk_fraction}")
+    need(0 < c.merge.edge_fraction <= 1, f"merge.edge_fraction must be in (0, 1], got {c.merge.edge_fraction}")
+    need(0 <= c.merge.straggler_prob < 1, f"merge.straggler_prob must be in [0, 1), got {c.merge.straggler_prob}")
+    if c.merge.rematch == "adaptive":
+        need(c.merge.basis == "shared" and c.algorithm == "dimat",
+             "merge.rematch='adaptive' skips matching once agents share a basis: it needs merge.basis='shared' and "
+             "algorithm 'dimat' (with merge.basis='own' neighbours never share a basis)")
+    if c.merge.compression != "none" or c.merge.basis != "own" or c.merge.edge_fraction < 1 or c.merge.straggler_prob:
+        need(c.mesh.devices <= 1 and not c.distributed.enabled,
+             "merge.basis / compression / edge_fraction / straggler_prob run on one device; set mesh.devices = 1")
+        need(not c.merge.fc_shortcut, "merge.fc_shortcut (agent 0 merges for all) excludes merge.basis / compression / "
+             "edge_fraction / straggler_prob")
+    need(not (c.merge.compression == "topk" and (c.merge.edge_fraction < 1 or c.merge.straggler_prob)),
+         "merge.compression='topk' sends changes against what every neighbour holds, so every agent must send every "
+         "round: use it with merge.edge_fraction = 1 and merge.straggler_prob = 0")
     if c.merge.fc_shortcut:
         need(c.algorithm in MERGE_FAMILY and c.topology in ("fc", "fully_connected", "complete"),
              "merge.fc_shortcut applies to dimat / wa / wm on topology 'fc' only")

@@ -93,6 +93,25 @@ def plot_accuracy_vs_bytes(rows, path, *, keys=("algorithm",), title=""):
     return _finish(fig, ax, path, "bytes sent, all agents (cumulative)", "test accuracy (%)", title, which="both")
 
 
+def plot_accuracy_vs_compute(rows, path, *, keys=("algorithm",), title=""):
+    """Mean test accuracy vs cumulative merge compute (XLA GFLOPs of the merge passes, log x), one
+    line per group of the merge family."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4), dpi=150)
+    for name, rs in reported(rows, keys).items():
+        rs = [r for r in rs if r.get("merge_gflops_total", 0) > 0]
+        if not rs:
+            continue
+        x = np.array([r["merge_gflops_total"] for r in rs])
+        m = 100 * np.array([r["mean_accuracy"] for r in rs])
+        s = 100 * np.array([r["std_accuracy"] for r in rs])
+        (line,) = ax.plot(x, m, marker="o", ms=3, label=name)
+        ax.fill_between(x, m - s, m + s, alpha=0.2, color=line.get_color())
+    ax.set_xscale("log")
+    return _finish(fig, ax, path, "merge compute, all agents (cumulative GFLOP)", "test accuracy (%)", title,
+                   which="both")
+
+
 def messages_per_agent_per_epoch(final: dict) -> float:
     epochs = final["epoch"] - final.get("initial_epoch", 0)
     return final["messages_sent_total"] / final["num_agents"] / max(epochs, 1)

@@ -135,8 +135,10 @@ def aggregate(workdir) -> list[dict]:
     for key, runs in groups.items():
         by_point: dict[tuple, list] = {}
         for recs in runs:
+            spent = 0.0  # merge compute so far in this run
             for r in recs:
-                by_point.setdefault((r["round"], r["phase"]), []).append(r)
+                spent += r.get("merge_gflops") or 0.0
+                by_point.setdefault((r["round"], r["phase"]), []).append({**r, "_merge_gflops_so_far": spent})
         for (rnd, phase), rs in sorted(by_point.items(), key=lambda kv: (kv[0][0], kv[0][1] != "merged")):
             acc = np.array([r["mean_test_accuracy"] for r in rs])
             rows.append({**dict(key), "round": rnd, "phase": phase, "epoch": rs[0]["epoch"], "seeds": len(rs),
@@ -144,7 +146,8 @@ def aggregate(workdir) -> list[dict]:
                          "mean_accuracy": float(acc.mean()), "std_accuracy": float(acc.std()),
                          "mean_loss": float(np.mean([r["mean_test_loss"] for r in rs])),
                          "messages_sent_total": float(np.mean([r["messages_sent_total"] for r in rs])),
-                         "bytes_sent_total": float(np.mean([r["bytes_sent_total"] for r in rs]))})
+                         "bytes_sent_total": float(np.mean([r["bytes_sent_total"] for r in rs])),
+                         "merge_gflops_total": float(np.mean([r["_merge_gflops_so_far"] for r in rs]))})
         last = [recs[-1] for recs in runs]
         acc = np.array([r["mean_test_accuracy"] for r in last])
         finals.append({**dict(key), "algorithm": last[0]["algorithm"], "num_agents": last[0]["num_agents"],

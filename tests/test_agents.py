@@ -64,7 +64,7 @@ def _close(got, want, atol=2e-5):
 # which makes that leaf (and the next BN's running mean) chaotic under any change of float order.
 @pytest.mark.parametrize("strategy,opt,arch", [("unrolled", "msgd", "cnn"),
                                                pytest.param("vmap", "adam", "resnet20", marks=pytest.mark.slow),
-                                               ("vmap", "msgd", "cnn"), ("map", "msgd", "cnn"),
+                                               ("vmap", "msgd", "cnn"), pytest.param("map", "msgd", "cnn", marks=pytest.mark.slow),
                                                ("chunked", "msgd", "cnn")])
 def test_stacked_equals_separate(setup, strategy, opt, arch, monkeypatch):
     ds, _, pre, idx = setup

@@ -124,7 +124,7 @@ def test_cli_rejects_bad_input_before_any_work(tmp_path):
     assert r.returncode == 2 and "missing.py" in r.stderr
     assert not (tmp_path / "w").exists()  # nothing was started
     r = cli("--config", "configs/quickstart.py", "--dry_run")
-    assert r.returncode == 0 and "partition: noniid" in r.stdout
+    assert r.returncode == 0 and "algorithm: dimat" in r.stdout
     r = cli("--help")
     assert r.returncode == 0 and "--config.<key>=<value>" in r.stdout
 

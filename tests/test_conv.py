@@ -54,7 +54,7 @@ def test_non_plain_convolutions_fall_back_to_xla():
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["resnet20", "cnn"])
+@pytest.mark.parametrize("name", [pytest.param("resnet20", marks=pytest.mark.slow), "cnn"])
 def test_model_gradients_do_not_depend_on_filter_grad_mode(name):
     x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 3))
     y = jnp.array([0, 1, 2, 3])

@@ -28,7 +28,8 @@ def tiny(cache, **overrides):
     return validate(tiny_config(load_config_file(PRESET), **over))
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
+# wm, cdmsgd and sgp_pushsum share code with dimat / cga / the CLI test; the slow set runs them everywhere
+@pytest.mark.parametrize("algorithm", [pytest.param(a, marks=pytest.mark.slow) if a in ("wm", "cdmsgd") else a for a in ALGORITHMS])
 def test_every_algorithm_runs(algorithm, cache, tmp_path):
     # swarmsgd's reference variant averages only after the first 10 interactions of a cycle: start at once
     over = {"baseline.swarm_i1": 1} if algorithm == "swarmsgd" else {}

@@ -40,7 +40,7 @@ def randomize_buffers(v, key):
 
 
 @pytest.mark.parametrize("name,shape", [("cnn", (8, 8, 1)), ("resnet20", (16, 16, 3)), ("vgg16", (32, 32, 3)),
-                                        ("vgg16", (64, 64, 3))])
+                                        pytest.param("vgg16", (64, 64, 3), marks=pytest.mark.slow)])
 def test_random_permutation_keeps_the_function(name, shape):
     m = build_model(name, 7, 0.25)
     x = jax.random.normal(jax.random.PRNGKey(3), (4,) + shape)
@@ -140,7 +140,7 @@ def test_statistics_equal_naive_numpy_pearson(digits, shared, strategy):
             np.testing.assert_allclose(corr[p][i, k], ref, atol=2e-4, err_msg=f"{p} edge {i}<-{j}")
 
 
-@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("shared", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_augmented_statistics_show_every_model_the_same_augmented_images(digits, shared):
     """merge.augment governs the statistics pass: the moments change with augmentation, yet a
     receiver and its neighbours see the same augmented images (permuted copies still correlate 1)."""

@@ -77,7 +77,8 @@ def test_sigint_checkpoints_then_the_same_command_resumes(tmp_path):
     workdir = tmp_path / "w"
     args = [sys.executable, "-m", "dimat_jax.main", "--config", str(ROOT / "configs" / "quickstart.py"),
             f"--workdir={workdir}", "--config.rounds=8", "--config.pretrain_epochs=1", "--config.width=0.25",
-            "--config.data.steps_per_epoch=25", "--config.log.plot=false"]
+            "--config.data.steps_per_epoch=25", "--config.log.plot=false", "--config.algorithm=local",
+            "--config.partition=noniid", "--config.pretrain.cache_dir="]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = workdir / "metrics.jsonl"
     deadline = time.time() + 240
@@ -97,7 +98,7 @@ def test_sigint_checkpoints_then_the_same_command_resumes(tmp_path):
     # the same run, uninterrupted, in-process
     c = load_config_file(ROOT / "configs" / "quickstart.py", {
         "rounds": 8, "pretrain_epochs": 1, "width": 0.25, "data.steps_per_epoch": 25, "log.plot": False,
-        "log.progress": False})
+        "log.progress": False, "algorithm": "local", "partition": "noniid", "pretrain.cache_dir": ""})
     train.run(c, tmp_path / "straight", log=lambda s: None)
     same_metrics(report.read_metrics(tmp_path / "straight"), resumed)
 

@@ -25,7 +25,7 @@ from dimat_jax.data.pipeline import epoch_batches
 from dimat_jax.merging import batchnorm, matching, stats
 from dimat_jax.merging.mix import make_mix
 from dimat_jax.merging.neighbours import ForwardPlan, Neighbourhood
-from dimat_jax.merging.spec import PermutationSpec
+from dimat_jax.merging.spec import PermutationSpec, permute_stacked
 from dimat_jax.choices import MERGE_DATA  # noqa: F401  (re-exported)
 
 
@@ -94,6 +94,7 @@ class MergeInfo:
     gflops: float = 0.0          # XLA's count for the round's passes, all agents together
     mean_matched_correlation: dict = dataclasses.field(default_factory=dict)
     perms: dict = dataclasses.field(default_factory=dict)  # the matched permutations, p -> int [N, D, C_p]
+    universe: dict = dataclasses.field(default_factory=dict)  # basis='shared': p -> int [N, C_p] into the common basis
 
     @property
     def total_s(self) -> float:
@@ -160,10 +161,12 @@ class Merger:
         ``fold_in(key, t)`` when the merger augments."""
         return self._moments(variables, x_all, hood, batches, shared_data, key)[0]
 
-    def _moments(self, variables, x_all, hood: Neighbourhood, batches, shared_data: bool, key=None
-                 ) -> tuple[stats.Moments, float]:
-        """(moments, GFLOPs of the pass)."""
+    def _moments(self, variables, x_all, hood: Neighbourhood, batches, shared_data: bool, key=None,
+                 received=None) -> tuple[stats.Moments, float]:
+        """(moments, GFLOPs of the pass); neighbours' features from ``received`` when given."""
         key = jax.random.PRNGKey(self.seed) if key is None else key
+        if self.mesh is not None and received is not None:
+            raise NotImplementedError("compressed merge messages are not supported with agents sharded over a mesh")
         if self.mesh is not None:  # receiver-major on the mesh (no feature maps cross devices)
             from dimat_jax.distributed import shard_agents
             _, step, _ = self._on_mesh(hood)
@@ -174,7 +177,7 @@ class Merger:
             step, m = self._unrolled_stats_step(hood, shared_data), stats.zero_moments(self.spec, hood.num_agents,
                                                                                       hood.num_slots)
             args = lambda idx, t: (m, variables, x_all, jnp.asarray(np.asarray(idx)[:1] if shared_data else idx),  # noqa: E731
-                                   jax.random.fold_in(key, t))
+                                   jax.random.fold_in(key, t), received)
         else:
             plan = ForwardPlan.build(hood, shared_data)
             nbr, src = jnp.asarray(hood.nbr), jnp.asarray(plan.src_block)
@@ -182,7 +185,7 @@ class Merger:
             blocks = jnp.zeros((hood.num_agents, 1), jnp.int32) if shared_data else jnp.asarray(plan.blocks)
             step, m = self._stats_step, stats.zero_moments(self.spec, hood.num_agents, hood.num_slots)
             args = lambda idx, t: (m, variables, x_all, jnp.asarray(np.asarray(idx)[:1] if shared_data else idx),  # noqa: E731
-                                   blocks, nbr, src, jax.random.fold_in(key, t))
+                                   blocks, nbr, src, jax.random.fold_in(key, t), received)
         gflops = len(batches) * self.flops.gflops(step, *args(batches[0], 0))
         for t, idx in enumerate(batches):
             m = step(*args(idx, t))
@@ -202,10 +205,12 @@ class Merger:
         """θ_i ← Π[i, i] θ_i + Σ_k weight[i, k] P_ik(θ_nbr[i, k]) (identity permutations = Π @ θ)."""
         return self._mix_and_count(variables, hood, perms)[0]
 
-    def _mix_and_count(self, variables, hood: Neighbourhood, perms) -> tuple[dict, float]:
+    def _mix_and_count(self, variables, hood: Neighbourhood, perms, received=None) -> tuple[dict, float]:
         if hood.num_slots == 0:
             return jax.tree.map(lambda x: x, variables), 0.0
         perms = {p: jnp.asarray(v, jnp.int32) for p, v in perms.items()}
+        if self.mesh is not None and received is not None:
+            raise NotImplementedError("compressed merge messages are not supported with agents sharded over a mesh")
         if self.mesh is not None:
             from dimat_jax.distributed import shard_agents
             _, _, mix = self._on_mesh(hood)
@@ -213,16 +218,43 @@ class Merger:
                     shard_agents(jnp.asarray(hood.self_weight), self.mesh))
         else:
             mix = self._mix
-            args = (variables, perms, jnp.asarray(hood.nbr), jnp.asarray(hood.weight), jnp.asarray(hood.self_weight))
+            args = (variables, perms, jnp.asarray(hood.nbr), jnp.asarray(hood.weight), jnp.asarray(hood.self_weight),
+                    received)
         gflops = self.flops.gflops(mix, *args)
         return mix(*args), gflops
 
     # ------------------------------------------------------------------ a round
+    def alignment_gain(self, variables: dict, hood: Neighbourhood, x_all, batches, shared_data: bool = False,
+                       key=None, received=None) -> tuple[float, float]:
+        """(gain, GFLOPs): how much better the best matching of every edge correlates than leaving the
+        units where they are, averaged over edges and permutations — mean over units of the matched
+        correlation minus the correlation of unit k with unit k. About 0 when neighbours already
+        share a basis; the cheap drift signal of adaptive re-matching (on a small sample)."""
+        if not hood.num_slots:
+            return 0.0, 0.0
+        m, gflops = self._moments(variables, x_all, hood, batches, shared_data, key, received)
+        corr = stats.correlations(m)
+        gains = []
+        for p, c in corr.items():
+            for i, _, k in hood.edges():
+                perm = matching.lsa(c[i, k])
+                gains.append(c[i, k][np.arange(len(perm)), perm].mean() - np.diagonal(c[i, k]).mean())
+        return float(np.mean(gains)), gflops
+
     def merge(self, variables: dict, hood: Neighbourhood, x_all, batches, *, shared_data: bool = False,
-              reestimate_before: bool = True, reestimate_after: bool = True, key=None) -> tuple[dict, MergeInfo]:
+              reestimate_before: bool = True, reestimate_after: bool = True, key=None, received=None,
+              basis: str = "own", match: bool = True) -> tuple[dict, MergeInfo]:
         """One merge of all agents with their neighbours. ``batches``: int [T, N, B] (see
         :func:`merge_batches`); ``shared_data`` when every row of a batch is the same (global data).
-        Returns the merged stacked variables and a :class:`MergeInfo`."""
+
+        ``received``: each agent's model as its neighbours received it (compressed messages, stacked
+        like ``variables``; default: the exact models; BatchNorm re-estimation before matching
+        applies to the agents' own models). ``basis``: 'own' — every agent merges its
+        neighbours into its own units (the paper); 'shared' — every agent, itself included, is first
+        permuted into one basis common to its connected component (matching.universe_permutations)
+        and the mix is a plain average there. ``match=False``: no statistics pass and identity
+        permutations (models already share a basis). Returns the merged stacked variables and a
+        :class:`MergeInfo`."""
         info = MergeInfo(batches_per_pass=len(batches), examples_per_pass=int(np.prod(np.shape(batches)[::2])))
         key = jax.random.PRNGKey(self.seed) if key is None else key
         sync = lambda tree: jax.block_until_ready(tree)  # noqa: E731  (honest stage timings)
@@ -237,15 +269,17 @@ class Merger:
 
         corr = None
         t = time.perf_counter()
-        if self.matcher.needs_activations and hood.num_slots:
-            m, gflops = self._moments(variables, x_all, hood, batches, shared_data, jax.random.fold_in(key, 3))
+        if match and self.matcher.needs_activations and hood.num_slots:
+            m, gflops = self._moments(variables, x_all, hood, batches, shared_data, jax.random.fold_in(key, 3),
+                                      received)
             corr = stats.correlations(m)
             info.data_passes += 1
             info.gflops += gflops
         info.stats_s = time.perf_counter() - t
 
         t = time.perf_counter()
-        perms = self.match(variables, hood, corr)
+        identity = {p: np.tile(np.arange(c, dtype=np.int32), hood.nbr.shape + (1,)) for p, c in self.spec.sizes.items()}
+        perms = self.match(variables if received is None else received, hood, corr) if match else identity
         info.match_s = time.perf_counter() - t
         info.perms = perms
         if corr is not None:
@@ -254,7 +288,13 @@ class Merger:
                                   for i, _, k in hood.edges()])) for p in corr}
 
         t = time.perf_counter()
-        merged, gflops = self._mix_and_count(variables, hood, perms)
+        if basis == "shared":  # everyone into the component's common basis, then a plain average there
+            info.universe = matching.universe_permutations(hood, perms, self.spec.sizes)
+            u = {p: jnp.asarray(v) for p, v in info.universe.items()}
+            variables = permute_stacked(variables, self.spec, u)
+            received = None if received is None else permute_stacked(received, self.spec, u)
+            perms = identity
+        merged, gflops = self._mix_and_count(variables, hood, perms, received)
         merged = sync(merged)
         info.gflops += gflops
         info.mix_s = time.perf_counter() - t

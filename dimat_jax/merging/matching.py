@@ -15,7 +15,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from dimat_jax.merging.neighbours import Neighbourhood
-from dimat_jax.merging.spec import PermutationSpec, flatten, permuted_leaf
+from dimat_jax.merging.spec import PermutationSpec, flatten, invert, permuted_leaf
 
 
 @dataclasses.dataclass
@@ -127,3 +127,41 @@ def weight_matcher(ctx: MatchContext, max_sweeps: int = 100) -> dict[str, np.nda
 MATCHERS: dict[str, Matcher] = {"activation": Matcher("activation", activation_matcher, True),
                                 "weight": Matcher("weight", weight_matcher, False),
                                 "identity": Matcher("identity", identity_matcher, False)}
+
+
+# ----------------------------------------------------------------------------- a shared basis
+def universe_permutations(hood: Neighbourhood, perms: Mapping, sizes: Mapping) -> dict[str, np.ndarray]:
+    """One permutation per agent into a common ("universe") basis, from the pairwise matchings of a
+    round (``perms[p][i, k]`` aligns neighbour ``nbr[i, k]`` to receiver i), {p: int32 [N, C_p]}.
+
+    Along a breadth-first spanning tree of the graph, rooted at the smallest agent of each connected
+    component (which keeps its own basis): a child c reached from parent q is aligned to q by the
+    matching of that edge, then carried on by q's own permutation, U_c = M_{q<-c}[U_q]. Only the
+    tree's edges are used, each known to its two ends, and the result is cycle-consistent by
+    construction (P_ij = U_i^-1 U_j for every pair). A decentralised run computes the same by passing
+    U down the tree, one small index message per edge.
+    """
+    n = hood.num_agents
+    align = {}  # (q, c) -> for every p: c's units in q's order
+    for i, j, k in hood.edges():
+        align[(i, j)] = {p: np.asarray(perms[p][i, k]) for p in sizes}
+    for (i, j) in list(align):  # a directed edge (only i heard j): j aligns i by inverting i's matching
+        if (j, i) not in align:
+            align[(j, i)] = {p: invert(m) for p, m in align[(i, j)].items()}
+    universe = {p: np.tile(np.arange(c, dtype=np.int32), (n, 1)) for p, c in sizes.items()}
+    seen = set()
+    for root in range(n):
+        if root in seen:
+            continue
+        seen.add(root)
+        queue = [root]
+        while queue:
+            q = queue.pop(0)
+            for c in range(n):
+                if c in seen or (q, c) not in align:
+                    continue
+                seen.add(c)
+                for p in sizes:
+                    universe[p][c] = align[(q, c)][p][universe[p][q]]
+                queue.append(c)
+    return universe

@@ -21,19 +21,21 @@ def _scale(w, x):
 
 
 def make_mix(spec: PermutationSpec) -> Callable:
-    """Jitted ``mix(variables, perms, nbr, weight, self_weight) -> variables``.
+    """Jitted ``mix(variables, perms, nbr, weight, self_weight, received=None) -> variables``.
 
     ``variables``: stacked {'params', 'batch_stats'} [N, ...]; ``perms``: p -> int [N, D, C];
-    ``nbr`` int [N, D]; ``weight`` float [N, D]; ``self_weight`` float [N].
+    ``nbr`` int [N, D]; ``weight`` float [N, D]; ``self_weight`` float [N]; ``received``: the
+    neighbours' models as received (compressed messages), default ``variables``.
     """
 
     @jax.jit
-    def mix(variables, perms, nbr, weight, self_weight):
+    def mix(variables, perms, nbr, weight, self_weight, received=None):
         out = jax.tree.map(lambda x: _scale(self_weight, x), variables)
+        sent = variables if received is None else received
 
         def body(acc, slot):
             j, w, p = slot                                   # [N], [N], p -> [N, C]
-            theta = jax.tree.map(lambda x: x[j], variables)  # each receiver's neighbour in this slot
+            theta = jax.tree.map(lambda x: x[j], sent)       # each receiver's neighbour in this slot
             theta = permute_stacked(theta, spec, p)
             return jax.tree.map(lambda a, t: a + _scale(w, t), acc, theta), None
 

@@ -67,28 +67,31 @@ def batch_inputs(preprocess, x_raw, key, augment: bool):
 
 def make_stats_step(model, spec: PermutationSpec, preprocess, strategy: str = "auto", augment: bool = False
                     ) -> Callable:
-    """Jitted ``step(moments, variables, x_all, idx, blocks, nbr, src_block, key) -> moments``.
+    """Jitted ``step(moments, variables, x_all, idx, blocks, nbr, src_block, key, received=None) -> moments``.
 
     ``variables``: stacked {'params', 'batch_stats'} [N, ...]; ``x_all``: raw training images;
     ``idx`` int [R, B]: the batch of each data row (R = N, one per agent, or R = 1 for data shared
     by all); ``blocks`` int [N, L]: model m runs on rows ``blocks[m]``; ``nbr`` and ``src_block`` int
-    [N, D] from the Neighbourhood and ForwardPlan; ``key`` augments the rows when ``augment``.
+    [N, D] from the Neighbourhood and ForwardPlan; ``key`` augments the rows when ``augment``;
+    ``received``: the models as the neighbours received them (compressed messages), stacked like
+    ``variables`` — the receivers' own features always come from ``variables``.
     """
     features = feature_fn(model, spec)
     feats_of = over_agents(lambda agent: features(*agent), strategy)  # (variables_m, x_m) per model
 
     @jax.jit
-    def step(m: Moments, variables, x_all, idx, blocks, nbr, src_block, key) -> Moments:
+    def step(m: Moments, variables, x_all, idx, blocks, nbr, src_block, key, received=None) -> Moments:
         n, l = blocks.shape
         rows = batch_inputs(preprocess, x_all[idx], key, augment)   # [R, B, H, W, C]
         x = rows[blocks].reshape((n, l * rows.shape[1]) + rows.shape[2:])  # [N, L*B, H, W, C]
-        feats = feats_of((variables, x))                         # p -> [N, L*B*h*w, C]
+        feats = feats_of((variables if received is None else received, x))  # p -> [N, L*B*h*w, C]
+        own_feats = None if received is None else feats_of((variables, rows[blocks[:, 0]]))
         new = dataclasses.replace(m, count=dict(m.count), own_sum=dict(m.own_sum), own_sq=dict(m.own_sq),
                                   nbr_sum=dict(m.nbr_sum), nbr_sq=dict(m.nbr_sq), cross=dict(m.cross))
         for p, f in feats.items():
             f = f.reshape(n, l, -1, f.shape[-1])                 # [N, L, S, C]
             new.count[p] = m.count[p] + f.shape[2]  # [N] (the same for every receiver)
-            own = f[:, 0]                                        # [N, S, C]
+            own = f[:, 0] if own_feats is None else own_feats[p]  # [N, S, C]
             nb = f[nbr, src_block]                               # [N, D, S, C]
             new.own_sum[p] = m.own_sum[p] + own.sum(1)
             new.own_sq[p] = m.own_sq[p] + jnp.square(own).sum(1)
@@ -104,8 +107,9 @@ def make_stats_step(model, spec: PermutationSpec, preprocess, strategy: str = "a
 def make_unrolled_stats_step(model, spec: PermutationSpec, preprocess, hood, shared_data: bool,
                              augment: bool = False) -> Callable:
     """:func:`make_stats_step` for the ``unrolled`` strategy with this neighbourhood's edges built in:
-    jitted ``step(moments, variables, x_all, idx, key) -> moments`` with ``idx`` int [1, B] (shared
-    data) or [N, B] (each agent's own batch).
+    jitted ``step(moments, variables, x_all, idx, key, received=None) -> moments`` with ``idx`` int
+    [1, B] (shared data) or [N, B] (each agent's own batch); neighbours' features from ``received``
+    when given (see :func:`make_stats_step`).
 
     No feature map leaves the model that made it or is copied per edge (the generic step stacks every
     model's maps and gathers them per neighbour slot, which costs as much as a third of the pass on a
@@ -133,20 +137,23 @@ def make_unrolled_stats_step(model, spec: PermutationSpec, preprocess, hood, sha
         return out
 
     @jax.jit
-    def step(m: Moments, variables, x_all, idx, key) -> Moments:
+    def step(m: Moments, variables, x_all, idx, key, received=None) -> Moments:
         rows = batch_inputs(preprocess, x_all[idx], key, augment)   # [R, B, H, W, C]
         model_of = lambda a: jax.tree.map(lambda t: t[a], variables)  # noqa: E731
+        sent = variables if received is None else received
+        nbr_of = lambda a: jax.tree.map(lambda t: t[a], sent)  # noqa: E731
         per_receiver = []
         if shared_data:
             maps = [features(model_of(a), rows[0]) for a in range(n)]
-            per_receiver = [moments_of(maps[i], [(k, maps[j]) for j, k in slots[i]]) for i in range(n)]
+            nbr_maps = maps if received is None else [features(nbr_of(a), rows[0]) for a in range(n)]
+            per_receiver = [moments_of(maps[i], [(k, nbr_maps[j]) for j, k in slots[i]]) for i in range(n)]
         else:
             for i in range(n):
                 x = rows[i]
                 if per_receiver:  # receiver i starts after i - 1 finished: one receiver's maps live at a time
                     per_receiver[-1], x = jax.lax.optimization_barrier((per_receiver[-1], x))
                 per_receiver.append(moments_of(features(model_of(i), x),
-                                               [(k, features(model_of(j), x)) for j, k in slots[i]]))
+                                               [(k, features(nbr_of(j), x)) for j, k in slots[i]]))
         stack = lambda p, q: jnp.stack([r[p][q] for r in per_receiver])  # noqa: E731
         return Moments(count={p: m.count[p] + per_receiver[0][p][0] for p in m.count},
                        own_sum={p: m.own_sum[p] + stack(p, 1) for p in m.own_sum},

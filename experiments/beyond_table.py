@@ -1,0 +1,131 @@
+"""Table and figures of the beyond-the-paper comparison (configs/sweeps/fashion_beyond.py).
+
+  python experiments/beyond_table.py --workdir runs/sweeps/fashion_beyond --out experiments/results/fashion_beyond
+
+For every partition and topology: each variant's mean test accuracy (± std over seeds) after the
+first round and after the last one, the bytes it sent and the merge compute it spent (both means
+over seeds, whole run), and for adaptive re-matching how many merges matched. Writes results.md,
+results.json, and per partition / topology accuracy vs round, vs bytes sent and vs merge compute
+(PNG + PDF). Works on a partly finished sweep.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+
+import numpy as np
+
+from dimat_jax import plots, report
+from dimat_jax.sweep import CELLS_FILE, aggregate
+
+ORDER = ["DIMAT", "DIMAT, shared basis", "DIMAT, shared basis + adaptive re-matching", "DIMAT, bf16 messages",
+         "DIMAT, int8 messages", "DIMAT, top-10% messages", "DIMAT, half the edges", "SGP", "CGA"]
+
+
+def variant(cell: dict) -> str:
+    algo = cell.get("algorithm", "dimat")
+    if algo != "dimat":
+        return plots.NAMES.get(algo, algo)
+    if cell.get("merge.basis") == "shared":
+        return "DIMAT, shared basis" + (" + adaptive re-matching" if cell.get("merge.rematch") == "adaptive" else "")
+    comp = cell.get("merge.compression", "none")
+    if comp == "topk":
+        return "DIMAT, top-10% messages"
+    if comp != "none":
+        return f"DIMAT, {comp} messages"
+    if cell.get("merge.edge_fraction", 1.0) < 1:
+        return "DIMAT, half the edges"
+    return "DIMAT"
+
+
+def runs(workdir: pathlib.Path) -> dict:
+    """(partition, topology, variant) -> list of each finished seed's records."""
+    out: dict = {}
+    for entry in json.loads((workdir / CELLS_FILE).read_text()):
+        cell_dir = workdir / "cells" / entry["name"]
+        if (cell_dir / "summary.json").exists():
+            c = entry["cell"]
+            out.setdefault((c.get("partition", "iid"), c.get("topology", "ring"), variant(c)), []).append(
+                report.read_metrics(cell_dir))
+    return out
+
+
+def summary(groups: dict) -> list[dict]:
+    rows = []
+    for (part, topo, name), seeds in groups.items():
+        def point(recs, rnd):
+            phase = "merged" if recs[0]["algorithm"] in plots.MERGE_FAMILY else "trained"
+            return next(r for r in recs if r["round"] == rnd and r["phase"] == phase)
+        last = max(r["round"] for r in seeds[0])
+        first = [point(recs, 1)["mean_test_accuracy"] for recs in seeds]
+        final = [point(recs, last)["mean_test_accuracy"] for recs in seeds]
+        merges = [[r for r in recs if r.get("merge_gflops") is not None] for recs in seeds]
+        rows.append({"partition": part, "topology": topo, "variant": name, "seeds": len(seeds), "rounds": last,
+                     "first": float(np.mean(first)), "first_std": float(np.std(first)),
+                     "final": float(np.mean(final)), "final_std": float(np.std(final)),
+                     "pre": float(np.mean([recs[0]["mean_test_accuracy"] for recs in seeds])),
+                     "megabytes": float(np.mean([recs[-1]["bytes_sent_total"] for recs in seeds])) / 1e6,
+                     "merge_gflops": float(np.mean([sum(r["merge_gflops"] for r in m) for m in merges])),
+                     "merges_matched": (float(np.mean([sum(bool(r.get("merge_matched", True)) for r in m)
+                                                       for m in merges])) if merges[0] else None),
+                     "merges": len(merges[0])})
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = []
+    for part, topo in sorted({(r["partition"], r["topology"]) for r in rows}):
+        sel = sorted([r for r in rows if (r["partition"], r["topology"]) == (part, topo)],
+                     key=lambda r: ORDER.index(r["variant"]) if r["variant"] in ORDER else len(ORDER))
+        lines += [f"**{part}, {topo}** — pre-trained agents: {100 * sel[0]['pre']:.1f} %", "",
+                  f"| variant | round 1 % | round {sel[0]['rounds']} % | MB sent | merge GFLOP | merges matched |",
+                  "|---|---|---|---|---|---|"]
+        for r in sel:
+            matched = "–" if r["merges_matched"] is None else f"{r['merges_matched']:.1f} / {r['merges']}"
+            gf = "–" if not r["merge_gflops"] else f"{r['merge_gflops']:,.1f}"
+            lines.append(f"| {r['variant']} | {100 * r['first']:.1f} ± {100 * r['first_std']:.1f} | "
+                         f"{100 * r['final']:.1f} ± {100 * r['final_std']:.1f} | {r['megabytes']:,.1f} | {gf} | {matched} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def figures(workdir: pathlib.Path, out: pathlib.Path, title: str) -> int:
+    rows = aggregate(workdir)
+    listing = {e["name"]: e["cell"] for e in json.loads((workdir / CELLS_FILE).read_text())}
+    for r in rows:  # aggregate rows carry the cell's keys (seed dropped): name the variant from them
+        r["name"] = variant(r)
+    written = 0
+    for part in sorted({c.get("partition", "iid") for c in listing.values()}):
+        for topo in sorted({c.get("topology", "ring") for c in listing.values()}):
+            sel = [r for r in rows if r.get("partition", "iid") == part and r.get("topology", "ring") == topo]
+            if not sel:
+                continue
+            sel.sort(key=lambda r: ORDER.index(r["name"]) if r["name"] in ORDER else len(ORDER))
+            stem, t = f"partition={part}-topology={topo}", f"{title} {part}, {topo}".strip()
+            plots.plot_accuracy_vs_round(sel, out / f"accuracy_vs_round-{stem}", keys=("name",), title=t)
+            plots.plot_accuracy_vs_bytes(sel, out / f"accuracy_vs_bytes-{stem}", keys=("name",), title=t)
+            plots.plot_accuracy_vs_compute(sel, out / f"accuracy_vs_merge_compute-{stem}", keys=("name",), title=t)
+            written += 3
+    return written
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--title", default="Fashion-MNIST, 5 ResNet-20 agents:")
+    args = p.parse_args()
+    workdir, out = pathlib.Path(args.workdir), pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = summary(runs(workdir))
+    md = markdown(rows)
+    (out / "results.md").write_text(md + "\n")
+    (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
+    n = figures(workdir, out, args.title)
+    print(md)
+    print(f"wrote results.md, results.json and {n} figures (.png + .pdf) to {out}")
+
+
+if __name__ == "__main__":
+    main()
