@@ -50,6 +50,8 @@ def run(args) -> list[dict]:
     rows_file = out / "rows.jsonl"
     done = {key_of(r): r for r in report.read_metrics(rows_file)} if rows_file.exists() else {}
     budgets = [int(b) for b in args.budgets.split(",")]
+    on_budgets = [int(b) for b in args.bn_before_budgets.split(",")] if args.bn_before_budgets else budgets
+    after_budgets = [int(b) for b in args.after_round_budgets.split(",")] if args.after_round_budgets else []
     for partition in args.partitions.split(","):
         for seed in [int(s) for s in args.seeds.split(",")]:
             config = config_for(partition, seed, args.cache, args.data_path)
@@ -67,14 +69,15 @@ def run(args) -> list[dict]:
                     shared = merge_data == "global"
                     reference_perms = {}
                     for bn_before in args.bn_before.split(","):
-                        todo = [b for b in budgets
+                        these = [b for b in budgets if bn_before == "off" or b in on_budgets]
+                        todo = [b for b in these
                                 if (partition, seed, topology, merge_data, bn_before, b) not in done]
                         if not todo:
                             continue
                         warm = merge_batches(services.data.shards, merge_data, config.merge.batch_size, 1, seed, 1)
                         merger.merge(state.variables, hood, services.x_train, warm, shared_data=shared,
                                      reestimate_before=bn_before == "on")  # compile outside the timings
-                        for budget in budgets:
+                        for budget in these:
                             row_key = (partition, seed, topology, merge_data, bn_before, budget)
                             batches = merge_batches(services.data.shards, merge_data, config.merge.batch_size,
                                                     0, seed, 1, num_examples=budget,
@@ -100,7 +103,7 @@ def run(args) -> list[dict]:
                                 row["perm_agreement_with_bn_before"] = float(np.mean(
                                     [np.mean(info.perms[p][i, k] == ref[p][i, k]) for p in ref
                                      for i, _, k in hood.edges()]))
-                            if args.after_round:
+                            if args.after_round and (not after_budgets or budget in after_budgets):
                                 s = state.replace(params=merged["params"], batch_stats=merged["batch_stats"],
                                                   opt_state=agents.init_opt_state(tx, merged["params"]))
                                 services.counters.epoch = first_epoch  # the same batches for every row
@@ -184,6 +187,8 @@ def main():
     p.add_argument("--merge-data", default="global")
     p.add_argument("--bn-before", default="off,on", help="pre-merge BatchNorm re-estimation: off, on or both")
     p.add_argument("--after-round", action="store_true", help="also train one local epoch after each merge")
+    p.add_argument("--after-round-budgets", default="", help="only after these budgets (default: all)")
+    p.add_argument("--bn-before-budgets", default="", help="bn_before=on only at these budgets (default: all)")
     p.add_argument("--cache", default="runs/pretrained", help="pre-trained agents cache (shared with other runs)")
     p.add_argument("--data_path", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--summary-only", action="store_true", help="only rebuild frontier.md / .png from rows.jsonl")
