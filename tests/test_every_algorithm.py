@@ -67,7 +67,7 @@ def test_dimat_runs_on_every_topology(topology, cache, tmp_path):
 def test_every_algorithm_on_every_topology(algorithm, topology, cache, tmp_path):
     if algorithm == "swarmsgd" and topology == "disconnected":
         with pytest.raises(ConfigError, match="no edges"):
-            tiny(cache, algorithm=algorithm, topology=topology)
+            train.preflight(tiny(cache, algorithm=algorithm, topology=topology))
         return
     train.run(tiny(cache, algorithm=algorithm, topology=topology, rounds=1), tmp_path / "w", log=lambda s: None)
     assert report.read_metrics(tmp_path / "w")[-1]["round"] == 1
