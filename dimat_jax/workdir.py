@@ -19,6 +19,7 @@ import signal
 import threading
 
 from dimat_jax import report
+from dimat_jax.config import flatten, get_default_config
 
 RESULT_FILES = ("metrics.jsonl", "summary.json")
 IGNORED_ON_RESUME = ("log.",)  # settings that may change between a run and its resumption
@@ -26,16 +27,6 @@ IGNORED_ON_RESUME = ("log.",)  # settings that may change between a run and its 
 
 class WorkdirError(RuntimeError):
     """The workdir cannot take this run (other settings, in use, unwritable); nothing was overwritten."""
-
-
-def _flat_dict(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat_dict(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def started(workdir) -> bool:
@@ -48,9 +39,10 @@ def started(workdir) -> bool:
 def check_workdir(workdir, config) -> str:
     """'fresh', 'resume' or 'finished' for running ``config`` in ``workdir``.
 
-    A workdir holding a run with other settings is refused (nothing is overwritten). A config.json
-    left by a start that failed before producing anything (bad data, say) does not count: the
-    corrected rerun starts afresh."""
+    A workdir holding a run with other settings is refused (nothing is overwritten). Settings the
+    saved config lacks (added by a later version) match when they hold their default, which keeps
+    the earlier behaviour. A config.json left by a start that failed before producing anything (bad
+    data, say) does not count: the corrected rerun starts afresh."""
     workdir = pathlib.Path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise WorkdirError(f"workdir {workdir} exists and is not a directory")
@@ -62,10 +54,13 @@ def check_workdir(workdir, config) -> str:
                                "was overwritten. Choose another --workdir or move these files away.")
         return "fresh"
     try:
-        old = _flat_dict(json.loads(saved.read_text()))
+        old = flatten(json.loads(saved.read_text()))
     except (OSError, json.JSONDecodeError) as e:
         raise WorkdirError(f"{saved} is unreadable ({e}); nothing was overwritten. Use another --workdir.") from e
-    new = _flat_dict(config.to_dict())
+    new, defaults = flatten(config.to_dict()), flatten(get_default_config().to_dict())
+    for k in set(new) - set(old):
+        if k in defaults and new[k] == defaults[k]:
+            old[k] = new[k]
     diff = sorted(k for k in set(old) | set(new)
                   if old.get(k) != new.get(k) and not k.startswith(IGNORED_ON_RESUME))
     if diff:

@@ -101,3 +101,20 @@ def test_tensorboard_events_carry_the_records(tmp_path):
                                                                                           rel=1e-6)
         assert scalars[(f"{r['phase']}/bytes_sent_total", r["round"])] == pytest.approx(r["bytes_sent_total"])
     assert scalars[("merged/merge_gflops", 1)] == pytest.approx(recs[1]["merge_gflops"], rel=1e-6)
+
+
+def test_a_workdir_from_an_earlier_version_resumes_when_new_settings_hold_their_defaults(tmp_path):
+    """A run saved before a setting existed resumes if the setting is at its default (the earlier
+    behaviour); at another value it is a different run and refused."""
+    from dimat_jax import workdir as workdir_lib
+    c = tiny()
+    w = tmp_path / "w"
+    (w / "checkpoints").mkdir(parents=True)
+    saved = c.to_dict()
+    del saved["merge"]["basis"], saved["merge"]["topk_fraction"]  # as written by a version without them
+    (w / "config.json").write_text(json.dumps(saved))
+    (w / "metrics.jsonl").write_text("")
+    assert workdir_lib.check_workdir(w, c) == "resume"
+    c.merge.basis = "shared"
+    with pytest.raises(train.WorkdirError, match=r"merge.basis: None there, 'shared' now"):
+        workdir_lib.check_workdir(w, c)
