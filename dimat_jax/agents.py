@@ -9,8 +9,11 @@ computation is laid out inside the jitted step is the *agent strategy*:
   one XLA program; compile time grows with N). An optimization barrier between consecutive agents
   keeps XLA from interleaving them, so one agent's activations are live at a time. Fastest on CPU.
 - ``map``: ``jax.lax.map`` (a compiled loop; small programs, slow on CPU).
-- ``chunked``: a ``lax.scan`` over chunks of :data:`CHUNK` agents, each chunk ``unrolled`` (the
-  remainder unrolled after the scan): compile time independent of N, for many agents on CPU.
+- ``chunked``: for many agents on a CPU, compile time independent of N. The training and evaluation
+  steps are a Python loop over compiled programs of :data:`CHUNK` unrolled agents, each updating its
+  slice of the stacked state in place (:class:`ChunkedProgram`: one or two programs, whatever N, at
+  ``unrolled`` speed); the passes inside other jitted functions (merge statistics, gossip steps)
+  ``lax.scan`` over chunks of unrolled agents (compile time bounded, but XLA:CPU runs loops slowly).
 - ``auto``: on CPU ``unrolled`` up to :data:`MAX_UNROLLED` agents and ``chunked`` above; ``vmap``
   elsewhere (see experiments/benchmarks/agent_strategies.py).
 """
@@ -216,6 +219,25 @@ def make_train_step(model, tx: optax.GradientTransformation, preprocess, strateg
         params = optax.apply_updates(params, updates)
         return (params, new_stats, opt_state), {"loss": loss, "accuracy": acc}
 
+    if mesh is None and resolve_strategy(strategy) == "chunked":
+        unrolled = over_agents(agent_step, "unrolled")
+
+        def make_chunk(size):
+            @functools.partial(jax.jit, donate_argnums=(0,))
+            def chunk(state: AgentState, part: AgentState, start, x_all, y_all, idx, key, bn_count=None):
+                idx_c = jax.lax.dynamic_slice_in_dim(idx, start, size)
+                keys = jax.vmap(lambda a: jax.random.fold_in(key, a))(start + jnp.arange(size))
+                agent = (part.params, part.batch_stats, part.opt_state, idx_c, keys)
+                if per_agent_data:
+                    raise NotImplementedError("the chunked strategy runs on one device (mesh.devices = 1)")
+                (params, stats, opt), metrics = unrolled(agent, x_all, y_all, bn_count)
+                new = AgentState(params=params, batch_stats=stats, opt_state=opt)
+                put = lambda full, p: jax.lax.dynamic_update_slice_in_dim(full, p, start, 0)  # noqa: E731
+                return jax.tree.map(put, state, new), metrics
+            return chunk
+
+        return ChunkedProgram(make_chunk, carry_state=True)
+
     lifted = over_agents(agent_step, strategy, mesh)
 
     @functools.partial(jax.jit, donate_argnums=(0,))
@@ -227,6 +249,60 @@ def make_train_step(model, tx: optax.GradientTransformation, preprocess, strateg
         return AgentState(params=params, batch_stats=stats, opt_state=opt), metrics
 
     return step
+
+
+class ChunkedProgram:
+    """A computation over N stacked agents as a Python loop over compiled chunks of :data:`CHUNK`
+    agents (plus one program for a smaller last chunk): compile time does not grow with N.
+
+    ``make(size)`` returns a jitted function for ``size`` agents from agent ``start`` on. With
+    ``carry_state``, ``f(state, part, start, *args)``: ``part`` is the chunk's slice of the stacked
+    ``state`` (cut by a separate program, so that ``f`` only writes ``state``, in place — donated)
+    and ``f`` returns the updated state and the chunk's per-agent metrics; otherwise
+    ``f(tree, start, *args)`` reads its agents from the stacked tree and returns per-agent outputs.
+    Either way the per-agent outputs are concatenated to [N, ...]. ``lower(...)`` sums XLA's cost of
+    the chunks (costs.py)."""
+
+    def __init__(self, make, carry_state: bool):
+        self._make, self._programs, self.carry_state = make, {}, carry_state
+
+    def _chunks(self, n):
+        for start in range(0, n, CHUNK):
+            size = min(CHUNK, n - start)
+            if size not in self._programs:
+                take = jax.jit(lambda tree, s, size=size: jax.tree.map(
+                    lambda v: jax.lax.dynamic_slice_in_dim(v, s, size), tree))
+                self._programs[size] = (self._make(size), take)
+            yield start, self._programs[size]
+
+    def _args(self, tree, start, take, args):
+        start = jnp.int32(start)
+        return (tree, take(tree, start), start, *args) if self.carry_state else (tree, start, *args)
+
+    def __call__(self, tree, *args):
+        n = jax.tree.leaves(tree)[0].shape[0]
+        outs = []
+        for start, (program, take) in self._chunks(n):
+            out = program(*self._args(tree, start, take, args))
+            if self.carry_state:
+                tree, out = out
+            outs.append(out)
+        joined = jax.tree.map(lambda *xs: jnp.concatenate(xs), *outs)
+        return (tree, joined) if self.carry_state else joined
+
+    def lower(self, tree, *args):
+        n = jax.tree.leaves(tree)[0].shape[0]
+        costs = [program.lower(*self._args(tree, start, take, args)).cost_analysis()
+                 for start, (program, take) in self._chunks(n)]
+        return _Summed(costs)
+
+
+class _Summed:
+    def __init__(self, costs):
+        self.costs = [c[0] if isinstance(c, (list, tuple)) else c for c in costs]
+
+    def cost_analysis(self):
+        return {"flops": sum(float((c or {}).get("flops", 0.0)) for c in self.costs)}
 
 
 def agent_keys(key: jax.Array, n: int) -> jax.Array:
@@ -247,6 +323,17 @@ def make_eval_step(model, preprocess, strategy: str = "auto", mesh=None):
         correct = ((jnp.argmax(logits, -1) == y) * mask).sum()
         return loss, correct
 
+    if mesh is None and resolve_strategy(strategy) == "chunked":
+        unrolled = over_agents(agent_eval, "unrolled")
+
+        def make_chunk(size):
+            @jax.jit
+            def chunk(variables, start, x, y, mask):
+                part = jax.tree.map(lambda v: jax.lax.dynamic_slice_in_dim(v, start, size), variables)
+                return unrolled(part, x, y, mask)
+            return chunk
+
+        return ChunkedProgram(make_chunk, carry_state=False)
     return jax.jit(over_agents(agent_eval, strategy, mesh))
 
 
