@@ -1,6 +1,8 @@
-"""Table and figures of the beyond-the-paper comparison (configs/sweeps/fashion_beyond.py).
+"""Table and figures of the beyond-the-paper comparison (configs/sweeps/fashion_beyond.py), with
+the main sweep's cells of the same setting as baselines (pass both workdirs):
 
-  python experiments/beyond_table.py --workdir runs/sweeps/fashion_beyond --out experiments/results/fashion_beyond
+  python experiments/beyond_table.py --workdir runs/sweeps/fashion_beyond runs/sweeps/fashion_main \
+      --out experiments/results/fashion_beyond
 
 For every partition and topology: each variant's mean test accuracy (± std over seeds) after the
 first round and after the last one, the bytes it sent and the merge compute it spent (both means
@@ -19,8 +21,8 @@ import numpy as np
 from dimat_jax import plots, report
 from dimat_jax.sweep import CELLS_FILE, aggregate
 
-ORDER = ["DIMAT", "DIMAT, shared basis", "DIMAT, shared basis + adaptive re-matching", "DIMAT, bf16 messages",
-         "DIMAT, int8 messages", "DIMAT, top-10% messages", "DIMAT, half the edges", "SGP", "CGA"]
+ORDER = ["DIMAT (global merge data)", "DIMAT", "DIMAT, shared basis", "DIMAT, shared basis + adaptive re-matching", "DIMAT, bf16 messages",
+         "DIMAT, int8 messages", "DIMAT, top-10% messages", "DIMAT, half the edges", "WA", "SGP", "CGA", "Local"]
 
 
 def variant(cell: dict) -> str:
@@ -36,17 +38,17 @@ def variant(cell: dict) -> str:
         return f"DIMAT, {comp} messages"
     if cell.get("merge.edge_fraction", 1.0) < 1:
         return "DIMAT, half the edges"
-    return "DIMAT"
+    return "DIMAT (global merge data)" if cell.get("merge_data") == "global" else "DIMAT"
 
 
-def runs(workdir: pathlib.Path) -> dict:
+def runs(workdirs: list[pathlib.Path]) -> dict:
     """(partition, topology, variant) -> list of each finished seed's records."""
     out: dict = {}
-    for entry in json.loads((workdir / CELLS_FILE).read_text()):
+    for workdir, entry in ((w, e) for w in workdirs for e in json.loads((w / CELLS_FILE).read_text())):
         cell_dir = workdir / "cells" / entry["name"]
         if (cell_dir / "summary.json").exists():
             c = entry["cell"]
-            out.setdefault((c.get("partition", "iid"), c.get("topology", "ring"), variant(c)), []).append(
+            out.setdefault((c.get("partition", "iid"), c.get("topology", "any"), variant(c)), []).append(
                 report.read_metrics(cell_dir))
     return out
 
@@ -75,8 +77,8 @@ def summary(groups: dict) -> list[dict]:
 
 def markdown(rows: list[dict]) -> str:
     lines = []
-    for part, topo in sorted({(r["partition"], r["topology"]) for r in rows}):
-        sel = sorted([r for r in rows if (r["partition"], r["topology"]) == (part, topo)],
+    for part, topo in sorted({(r["partition"], r["topology"]) for r in rows if r["topology"] != "any"}):
+        sel = sorted([r for r in rows if r["partition"] == part and r["topology"] in (topo, "any")],
                      key=lambda r: ORDER.index(r["variant"]) if r["variant"] in ORDER else len(ORDER))
         lines += [f"**{part}, {topo}** — pre-trained agents: {100 * sel[0]['pre']:.1f} %", "",
                   f"| variant | round 1 % | round {sel[0]['rounds']} % | MB sent | merge GFLOP | merges matched |",
@@ -90,15 +92,15 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def figures(workdir: pathlib.Path, out: pathlib.Path, title: str) -> int:
-    rows = aggregate(workdir)
-    listing = {e["name"]: e["cell"] for e in json.loads((workdir / CELLS_FILE).read_text())}
+def figures(workdirs: list[pathlib.Path], out: pathlib.Path, title: str) -> int:
+    rows = [r for w in workdirs for r in aggregate(w)]
     for r in rows:  # aggregate rows carry the cell's keys (seed dropped): name the variant from them
         r["name"] = variant(r)
     written = 0
-    for part in sorted({c.get("partition", "iid") for c in listing.values()}):
-        for topo in sorted({c.get("topology", "ring") for c in listing.values()}):
-            sel = [r for r in rows if r.get("partition", "iid") == part and r.get("topology", "ring") == topo]
+    for part in sorted({r.get("partition", "iid") for r in rows}):
+        for topo in sorted({r["topology"] for r in rows if "topology" in r}):
+            # algorithms without a graph (local) appear in every topology's panel
+            sel = [r for r in rows if r.get("partition", "iid") == part and r.get("topology", topo) == topo]
             if not sel:
                 continue
             sel.sort(key=lambda r: ORDER.index(r["name"]) if r["name"] in ORDER else len(ORDER))
@@ -112,17 +114,17 @@ def figures(workdir: pathlib.Path, out: pathlib.Path, title: str) -> int:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", required=True)
+    p.add_argument("--workdir", required=True, nargs="+", help="sweep workdirs (the beyond sweep, the main sweep)")
     p.add_argument("--out", required=True)
     p.add_argument("--title", default="Fashion-MNIST, 5 ResNet-20 agents:")
     args = p.parse_args()
-    workdir, out = pathlib.Path(args.workdir), pathlib.Path(args.out)
+    workdirs, out = [pathlib.Path(w) for w in args.workdir], pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = summary(runs(workdir))
+    rows = summary(runs(workdirs))
     md = markdown(rows)
     (out / "results.md").write_text(md + "\n")
     (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
-    n = figures(workdir, out, args.title)
+    n = figures(workdirs, out, args.title)
     print(md)
     print(f"wrote results.md, results.json and {n} figures (.png + .pdf) to {out}")
 
