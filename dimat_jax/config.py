@@ -85,10 +85,10 @@ def get_default_config() -> ml_collections.ConfigDict:
 
     c.merge = ml_collections.ConfigDict()   # dimat / wa / wm
     c.merge.batch_size = 100      # per agent, for the statistics and BatchNorm passes
-    c.merge.num_batches = 0       # batches per pass; 0 = one full pass over the merge data
-    c.merge.num_examples = 0      # examples per agent per pass (a fresh class-balanced sample each round); 0 = see num_batches
+    c.merge.num_batches = 0       # batches per pass (takes precedence over num_examples when > 0)
+    c.merge.num_examples = 1000   # examples per agent per pass (a fresh class-balanced sample each round); 0 = full pass
     c.merge.augment = False       # augment the merge data (the reference does)
-    c.merge.bn_before = True      # re-estimate BN of every model before matching (dimat)
+    c.merge.bn_before = False     # re-estimate BN of every model before matching (the reference does; dimat)
     c.merge.bn_after = True       # re-estimate BN of the merged models (reference WA: no)
     c.merge.bn_cumulative = False  # reference: BN keeps a cumulative average during the next training
     c.merge.fc_shortcut = False   # reference: on a fully connected graph merge agent 0 and copy it
@@ -269,9 +269,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                  f"= {c.num_agents} > {classes} classes of {c.dataset!r} leaves agents without data")
     need(c.merge.batch_size >= 1 and c.merge.num_batches >= 0 and c.merge.num_examples >= 0,
          "merge.batch_size >= 1, merge.num_batches >= 0, merge.num_examples >= 0")
-    need(not (c.merge.num_batches and c.merge.num_examples),
-         f"merge.num_batches = {c.merge.num_batches} and merge.num_examples = {c.merge.num_examples} both size the "
-         "merge passes; set one (the other 0)")
     need(0 < c.baseline.lr, "baseline.lr must be > 0")
     need(0 <= c.baseline.momentum < 1 and 0 < c.baseline.lr_decay <= 1,
          "baseline.momentum must be in [0, 1) and baseline.lr_decay in (0, 1]")

@@ -63,6 +63,7 @@ def paper(algorithm: str, setting: str = "cifar100-resnet20x8-ring-iid-5"):
     c.merge_data = "global"
     c.merge.augment = True
     c.merge.batch_size = 100
+    c.merge.num_examples, c.merge.bn_before = 0, True  # full passes, BatchNorm re-estimated before matching
     c.merge.bn_cumulative = algorithm == "dimat"  # only DIMAT's path; the reference's WA / WM keep the EMA
     c.merge.fc_shortcut = topo == "fc" and algorithm in ("dimat", "wa", "wm")
     c.merge.bn_after = algorithm != "wa"

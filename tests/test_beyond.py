@@ -99,11 +99,12 @@ def test_alignment_gain_is_zero_in_a_shared_basis_and_positive_otherwise():
 
 def test_adaptive_rematching_skips_the_matching_while_bases_stay_aligned(tmp_path):
     c = tiny_config(algorithm="dimat", num_agents=3, rounds=3, merge__basis="shared", merge__rematch="adaptive",
-                    merge__rematch_threshold=1.0, merge__probe_examples=32)  # any gain below 1: never re-match after the first merge
+                    merge__rematch_threshold=1.0, merge__probe_examples=32,  # any gain below 1: never re-match after the first merge
+                    merge__num_batches=4)  # merge passes of 4 x 32 examples, the probe on 32
     train.run(c, tmp_path / "w", log=lambda s: None)
     merged = [r for r in report.read_metrics(tmp_path / "w") if r["phase"] == "merged"]
     assert [r["merge_matched"] for r in merged] == [True, False, False]
-    assert merged[0]["merge_data_passes"] == 3 and merged[1]["merge_data_passes"] == 1  # BN after only
+    assert merged[0]["merge_data_passes"] == 2 and merged[1]["merge_data_passes"] == 1  # statistics + BN after; BN after only
     assert all(r["merge_gflops"] < merged[0]["merge_gflops"] for r in merged[1:])
     assert "merge_probe_gain" in merged[1] and "merge_probe_gain" not in merged[0]
     c = tiny_config(algorithm="dimat", num_agents=3, rounds=2, merge__basis="shared", merge__rematch="always")

@@ -67,7 +67,8 @@ def test_merge_and_training_records_carry_hand_counted_flops(tmp_path):
     BN re-estimation = 3 models x 32 images; statistics = each model on its own and its two
     receivers' batches (9 x 32 images) plus the moments; BN after = 3 x 32 again."""
     width, n, mb = 0.25, 3, 32
-    train.run(tiny_config(algorithm="dimat", topology="ring", width=width), tmp_path / "w", log=lambda s: None)
+    train.run(tiny_config(algorithm="dimat", topology="ring", width=width, merge__bn_before=True), tmp_path / "w",
+              log=lambda s: None)
     recs = report.read_metrics(tmp_path / "w")
     fwd = 2 * cnn_macs(width)[0]
     c = [max(1, round(b * width)) for b in (32, 64, 128, 128)]

@@ -314,3 +314,23 @@ def test_activation_matching_beats_plain_averaging_of_independent_models(digits)
     assert acc["activation"].min() > before.min() - 0.05
     assert acc["activation"].min() > acc["identity"].max() + 0.4
     assert acc["weight"].min() > acc["identity"].max() + 0.2
+
+
+def test_merge_budget_is_a_fresh_class_balanced_sample_and_num_batches_takes_precedence():
+    labels = np.repeat(np.arange(4), [100, 100, 100, 20])  # class 3 is rare
+    shards = [np.arange(0, 320, 2), np.arange(1, 320, 2)]   # 160 examples per agent, every class
+    b = merge_batches(shards, "local", 50, num_examples=120, labels=labels, round_=0)
+    assert b.shape == (3, 2, 50)  # 120 examples rounded up to whole batches of 50
+    for a in range(2):
+        picked = b[:, a].ravel()
+        assert set(picked) <= set(shards[a]) and len(set(picked)) == 150  # distinct, from the agent's own shard
+        counts = np.bincount(labels[picked], minlength=4)
+        assert counts[3] == 10 and (counts[:3] >= 46).all()  # the rare class whole, the rest evened out
+    again = merge_batches(shards, "local", 50, num_examples=120, labels=labels, round_=0)
+    later = merge_batches(shards, "local", 50, num_examples=120, labels=labels, round_=1)
+    np.testing.assert_array_equal(b, again)  # seeded
+    assert set(later[:, 0].ravel()) != set(b[:, 0].ravel())  # a fresh sample every round
+    whole = merge_batches(shards, "global", 50, num_examples=10_000, labels=labels)
+    assert whole.shape == (7, 2, 50) and set(whole[:, 0].ravel()) == set(range(320))  # capped at the pool
+    np.testing.assert_array_equal(whole[:, 0], whole[:, 1])  # global: every agent the same batch
+    assert merge_batches(shards, "local", 50, num_batches=2, num_examples=120).shape == (2, 2, 50)

@@ -37,10 +37,10 @@ def merge_batches(shards, mode: str, batch_size: int, num_batches: int = 0, seed
     ``local``: each agent's own shard; ``global``: the union of all shards, the same batch for every
     agent. The size of a pass, per agent:
 
-    - ``num_examples`` > 0: a seeded sample of that many examples (rounded up to whole batches, at
-      most the agent's pool), as class-balanced as the pool allows when ``labels`` (of the whole
+    - ``num_batches`` > 0: that many batches of the agent's endless shuffled stream;
+    - else ``num_examples`` > 0: a seeded sample of that many examples (rounded up to whole batches,
+      at most the agent's pool), as class-balanced as the pool allows when ``labels`` (of the whole
       training set) are given, drawn afresh every round;
-    - else ``num_batches`` > 0: that many batches of the agent's endless shuffled stream;
     - else one full pass (⌈largest shard / B⌉ steps for ``local``).
 
     Streams and samples are seeded apart from training, so bounded passes see fresh examples each
@@ -55,7 +55,7 @@ def merge_batches(shards, mode: str, batch_size: int, num_batches: int = 0, seed
         raise ValueError("merge data 'global' needs the whole training set on every device; with agent-local "
                          "data (several processes) use merge_data='local'")
     pools = list(shards) if mode == "local" else [np.sort(np.concatenate(shards))]
-    if num_examples > 0:
+    if num_examples > 0 and not num_batches:
         steps = math.ceil(min(num_examples, max(len(p) for p in pools)) / batch_size)
         cols = [_sample_pass(pool, labels, steps * batch_size, (merge_seed, round_, a), positions)
                 for a, pool in enumerate(pools)]
