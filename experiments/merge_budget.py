@@ -125,9 +125,19 @@ def _with(config, topology):
     return c
 
 
+def paired(rows: list[dict], ref: list[dict] | None, key: str) -> float | None:
+    """Mean difference in points of ``key`` between ``rows`` and ``ref`` over the seeds both have."""
+    if not ref:
+        return None
+    base = {r["seed"]: r.get(key) for r in ref}
+    diffs = [r[key] - base[r["seed"]] for r in rows if r.get(key) is not None and base.get(r["seed"]) is not None]
+    return 100 * float(np.mean(diffs)) if diffs else None
+
+
 def summarise(rows: list[dict], out: pathlib.Path) -> str:
-    """Mean over seeds per (merge data, partition, topology, bn_before, budget), as a Markdown table,
-    and the frontier plot (accuracy after the merge and after the round vs examples per pass)."""
+    """Mean over seeds per (merge data, partition, topology, bn_before, budget), as a Markdown table
+    (differences to the full pass of the same setting paired by seed), and the frontier plot
+    (accuracy after the merge and after the round vs examples per pass)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -135,16 +145,16 @@ def summarise(rows: list[dict], out: pathlib.Path) -> str:
     for r in rows:
         groups.setdefault((r["merge_data"], r["partition"], r["topology"], r["bn_before"], r["budget"]), []).append(r)
     lines = ["| merge data | partition | topology | BN before | examples/pass | seeds | after merge % | "
-             "Δ vs full | after round % | Δ vs full | merge s | merge GFLOP | merge / local epoch (GFLOP) |",
+             "Δ vs full (paired) | after round % | Δ vs full | merge s | merge GFLOP | merge / local epoch (GFLOP) |",
              "|" + "---|" * 13]
     full = {k[:4]: v for k, v in groups.items() if k[4] == 0}
     mean = lambda rs, key: float(np.mean([r[key] for r in rs])) if all(r.get(key) is not None for r in rs) else None  # noqa: E731
     for k in sorted(groups, key=lambda k: (k[:4], k[4] if k[4] else 1e9)):
         rs, ref = groups[k], full.get(k[:4])
         m, a = mean(rs, "merged_accuracy"), mean(rs, "after_round_accuracy")
-        dm = None if ref is None else 100 * (m - mean(ref, "merged_accuracy"))
-        da = None if (ref is None or a is None) else 100 * (a - mean(ref, "after_round_accuracy"))
-        ratio = mean(rs, "merge_cost_local_epochs_gflops")
+        dm, da = paired(rs, ref, "merged_accuracy"), paired(rs, ref, "after_round_accuracy")
+        epoch = [r["epoch_gflops"] for r in rows if r.get("epoch_gflops") and r["partition"] == k[1]]
+        ratio = mean(rs, "merge_gflops") / epoch[0] if epoch else None
         f = lambda v, spec=".1f": "–" if v is None else format(v, spec)  # noqa: E731
         lines.append(f"| {k[0]} | {k[1]} | {k[2]} | {k[3]} | {rs[0]['examples_per_pass']} | {len(rs)} | "
                      f"{f(100 * m)} | {f(dm, '+.1f')} | {f(None if a is None else 100 * a)} | {f(da, '+.1f')} | "
