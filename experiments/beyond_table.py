@@ -21,7 +21,8 @@ import numpy as np
 from dimat_jax import plots, report
 from dimat_jax.sweep import CELLS_FILE, aggregate
 
-ORDER = ["DIMAT (global merge data)", "DIMAT", "DIMAT, shared basis", "DIMAT, shared basis + adaptive re-matching", "DIMAT, bf16 messages",
+ORDER = ["DIMAT (global merge data)", "DIMAT", "DIMAT, shared basis", "DIMAT, shared basis + adaptive re-matching",
+         "DIMAT, shared basis + adaptive re-matching (threshold 0.1)", "DIMAT, bf16 messages",
          "DIMAT, int8 messages", "DIMAT, top-10% messages", "DIMAT, half the edges", "WA", "SGP", "CGA", "Local"]
 
 
@@ -30,7 +31,9 @@ def variant(cell: dict) -> str:
     if algo != "dimat":
         return plots.NAMES.get(algo, algo)
     if cell.get("merge.basis") == "shared":
-        return "DIMAT, shared basis" + (" + adaptive re-matching" if cell.get("merge.rematch") == "adaptive" else "")
+        threshold = cell.get("merge.rematch_threshold")
+        return "DIMAT, shared basis" + (" + adaptive re-matching" if cell.get("merge.rematch") == "adaptive" else "") + (
+            f" (threshold {threshold})" if threshold is not None else "")
     comp = cell.get("merge.compression", "none")
     if comp == "topk":
         return "DIMAT, top-10% messages"
