@@ -89,8 +89,9 @@ def markdown(rows: list[dict]) -> str:
         for r in sel:
             matched = "–" if r["merges_matched"] is None else f"{r['merges_matched']:.1f} / {r['merges']}"
             gf = "–" if not r["merge_gflops"] else f"{r['merge_gflops']:,.1f}"
-            lines.append(f"| {r['variant']} | {100 * r['first']:.1f} ± {100 * r['first_std']:.1f} | "
-                         f"{100 * r['final']:.1f} ± {100 * r['final_std']:.1f} | {r['megabytes']:,.1f} | {gf} | {matched} |")
+            pm = (lambda m, s: f"{100 * m:.1f} ± {100 * s:.1f}") if r["seeds"] > 1 else (lambda m, s: f"{100 * m:.1f}")
+            lines.append(f"| {r['variant']} | {pm(r['first'], r['first_std'])} | {pm(r['final'], r['final_std'])} | "
+                         f"{r['megabytes']:,.1f} | {gf} | {matched} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -69,8 +69,11 @@ def build(rows: list[dict]) -> dict:
     return out
 
 
-def _fmt(v) -> str:
-    return "–" if v is None else f"{100 * v[0]:.1f} ± {100 * v[1]:.1f}"
+def _fmt(v, seeds: int = 2) -> str:
+    """Mean ± std over seeds in percent (the mean alone for one seed)."""
+    if v is None:
+        return "–"
+    return f"{100 * v[0]:.1f}" + (f" ± {100 * v[1]:.1f}" if seeds > 1 else "")
 
 
 def markdown(table: dict) -> str:
@@ -80,15 +83,15 @@ def markdown(table: dict) -> str:
         topos = sorted({t for c in cells.values() for t in c})
         last = max(c[t]["round"] for c in cells.values() for t in c)
         pre = entry["pre"]
-        lines.append(f"**{part}** — pre-trained agents (round 0): {_fmt(pre)} %" +
-                     (f" ({pre[2]} seeds)" if pre else ""))
+        lines.append(f"**{part}** — pre-trained agents (round 0): {_fmt(pre, pre[2] if pre else 1)} %" +
+                     (f" ({pre[2]} seed{'s' if pre[2] > 1 else ''})" if pre else ""))
         lines.append("")
         header = ["algorithm"] + [f"{t}: round 1" for t in topos] + [f"{t}: round {last}" for t in topos]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for label in sorted(cells, key=lambda x: ORDER.index(x) if x in ORDER else len(ORDER)):
             c = cells[label]
-            vals = [_fmt(c[t]["first"]) if t in c else "–" for t in topos]
-            vals += [_fmt(c[t]["last"]) if t in c else "–" for t in topos]
+            vals = [_fmt(c[t]["first"], c[t]["seeds"]) if t in c else "–" for t in topos]
+            vals += [_fmt(c[t]["last"], c[t]["seeds"]) if t in c else "–" for t in topos]
             lines.append("| " + " | ".join([label] + vals) + " |")
         lines.append("")
     return "\n".join(lines)
