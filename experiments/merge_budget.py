@@ -163,22 +163,19 @@ def summarise(rows: list[dict], out: pathlib.Path) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=150)
     for ax, key, title in ((axes[0], "merged_accuracy", "right after the merge"),
                            (axes[1], "after_round_accuracy", "after the merge and one local epoch")):
-        for p in panels:
-            pts = sorted((groups[p + (b,)][0]["examples_per_pass"], groups[p + (b,)]) for b in
-                         {k[4] for k in groups if k[:4] == p})
-            xs = [x for x, rs in pts if mean(rs, key) is not None]
-            if not xs:
-                continue
-            ys = [100 * mean(rs, key) for x, rs in pts if mean(rs, key) is not None]
-            sd = [100 * float(np.std([r[key] for r in rs])) for x, rs in pts if mean(rs, key) is not None]
-            (line,) = ax.plot(xs, ys, marker="o", label=f"{p[1]} · {p[2]} · {p[0]} data · BN before {p[3]}")
-            ax.fill_between(xs, np.array(ys) - sd, np.array(ys) + sd, alpha=0.15, color=line.get_color())
+        for p in panels:  # one line per seed: budgets measured on some seeds only stay paired
+            for seed in sorted({r["seed"] for k, rs in groups.items() if k[:4] == p for r in rs}):
+                pts = sorted((r["examples_per_pass"], 100 * r[key]) for k, rs in groups.items() if k[:4] == p
+                             for r in rs if r["seed"] == seed and r.get(key) is not None)
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", label=f"{p[1]} · seed {seed} · {p[0]} data · BN before {p[3]}")
         ax.set_xscale("log")
         ax.set_xlabel("examples per agent per merge pass (log)")
         ax.set_ylabel("mean test accuracy (%)")
         ax.set_title(title)
         ax.grid(alpha=0.3, which="both")
-    axes[1].legend(fontsize=6)
+    for ax in axes:
+        ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(out / "frontier.png")
     plt.close(fig)
