@@ -4,7 +4,7 @@ configs/sweeps/fashion_main.py (Fashion-MNIST 6k / 1k images padded to 32x32x3, 
 5 agents, the same pre-trained agents, 3 rounds of 1 local epoch, local merge data, ring, seed 0),
 so that sweep's DIMAT, WA, SGP, CGA and local cells are the baselines. It pre-trains the same
 agents (same seeds) in its own cache; link runs/sweeps/fashion_beyond/pretrained to the main sweep's
-to skip that. About 30 minutes on 2 CPU cores; resumable:
+to skip that. About 45 minutes on 2 CPU cores; resumable:
 
   python -m dimat_jax.sweep --sweep configs/sweeps/fashion_beyond.py --workdir runs/sweeps/fashion_beyond
   python experiments/beyond_table.py --workdir runs/sweeps/fashion_beyond runs/sweeps/fashion_main \

@@ -4,7 +4,7 @@ non-IID (the reference's split: class c to agent c mod 5); DIMAT with the refere
 data (full passes, BatchNorm re-estimated before matching) and with local merge data, WA, SGP, CGA,
 local, all from the same pre-trained agents; 3 pre-training epochs, then 3 rounds of 1 local epoch;
 ring; seed 0 (SEEDS, TOPOLOGIES and EXTRA widen it: fully connected, more seeds, CDSGD and
-centralized). About 1 hour on 2 CPU cores (the reference's full global passes dominate); resumable
+centralized). About 1.5 hours on 2 CPU cores (CGA and the reference's full global passes take longest); resumable
 (rerun the command to continue):
 
   python -m dimat_jax.sweep --sweep configs/sweeps/fashion_main.py --workdir runs/sweeps/fashion_main
