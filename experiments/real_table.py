@@ -15,7 +15,6 @@ import argparse
 import json
 import pathlib
 
-import numpy as np
 
 from dimat_jax import plots
 from dimat_jax.sweep import aggregate
