@@ -76,40 +76,35 @@ def plot_accuracy_vs_round(rows, path, *, keys=("algorithm",), title="", initial
     return _finish(fig, ax, path, "iteration (round)", "test accuracy (%)", title)
 
 
-def plot_accuracy_vs_bytes(rows, path, *, keys=("algorithm",), title=""):
-    """Mean test accuracy vs cumulative bytes communicated (log x), one line per group."""
+def _plot_accuracy_vs_cumulative(rows, path, field: str, xlabel: str, keys, title):
+    """Mean test accuracy (± std band) vs a cumulative per-record ``field`` (log x), one line per
+    group; groups whose ``field`` stays 0 are left out."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4), dpi=150)
     for name, rs in reported(rows, keys).items():
-        rs = [r for r in rs if r["bytes_sent_total"] > 0]
+        rs = [r for r in rs if r.get(field, 0) > 0]
         if not rs:
             continue
-        x = np.array([r["bytes_sent_total"] for r in rs])
+        x = np.array([r[field] for r in rs])
         m = 100 * np.array([r["mean_accuracy"] for r in rs])
         s = 100 * np.array([r["std_accuracy"] for r in rs])
         (line,) = ax.plot(x, m, marker="o", ms=3, label=name)
         ax.fill_between(x, m - s, m + s, alpha=0.2, color=line.get_color())
     ax.set_xscale("log")
-    return _finish(fig, ax, path, "bytes sent, all agents (cumulative)", "test accuracy (%)", title, which="both")
+    return _finish(fig, ax, path, xlabel, "test accuracy (%)", title, which="both")
+
+
+def plot_accuracy_vs_bytes(rows, path, *, keys=("algorithm",), title=""):
+    """Mean test accuracy vs cumulative bytes communicated (log x), one line per group."""
+    return _plot_accuracy_vs_cumulative(rows, path, "bytes_sent_total", "bytes sent, all agents (cumulative)",
+                                        keys, title)
 
 
 def plot_accuracy_vs_compute(rows, path, *, keys=("algorithm",), title=""):
     """Mean test accuracy vs cumulative merge compute (XLA GFLOPs of the merge passes, log x), one
     line per group of the merge family."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 4), dpi=150)
-    for name, rs in reported(rows, keys).items():
-        rs = [r for r in rs if r.get("merge_gflops_total", 0) > 0]
-        if not rs:
-            continue
-        x = np.array([r["merge_gflops_total"] for r in rs])
-        m = 100 * np.array([r["mean_accuracy"] for r in rs])
-        s = 100 * np.array([r["std_accuracy"] for r in rs])
-        (line,) = ax.plot(x, m, marker="o", ms=3, label=name)
-        ax.fill_between(x, m - s, m + s, alpha=0.2, color=line.get_color())
-    ax.set_xscale("log")
-    return _finish(fig, ax, path, "merge compute, all agents (cumulative GFLOP)", "test accuracy (%)", title,
-                   which="both")
+    return _plot_accuracy_vs_cumulative(rows, path, "merge_gflops_total",
+                                        "merge compute, all agents (cumulative GFLOP)", keys, title)
 
 
 def messages_per_agent_per_epoch(final: dict) -> float:
