@@ -77,11 +77,42 @@ def test_beyond_table_joins_the_main_sweep_as_baselines(tmp_path):
     assert ada["merge_gflops"] == pytest.approx(40.0) and ada["merges_matched"] == pytest.approx(1.5)
     assert rows["CGA"]["final"] == pytest.approx(0.5) and rows["CGA"]["megabytes"] == pytest.approx(10.0)
     assert rows["DIMAT"]["merge_gflops"] == pytest.approx(60.0) and rows["Local"]["topology"] == "any"
+    assert ada["compute_vs_dimat"] == pytest.approx(40.0 / 60.0) and rows["CGA"]["compute_vs_dimat"] is None
     md = beyond.markdown(list(rows.values()))
-    assert md.count("**noniid, ring**") == 1 and "| Local |" in md  # no graph: listed under every topology
+    assert md.count("**noniid, ring, 2 rounds**") == 1 and "| Local |" in md  # no graph: under every topology
+    assert "| DIMAT, shared basis + adaptive re-matching | 45.0 ± 5.0 | 55.0 ± 5.0 | 4.0 | 40.0 | 0.67 | 1.5 / 2 |" in md
     assert md.index("| DIMAT (global merge data) |") < md.index("| DIMAT |") < md.index("| CGA |")
     out = tmp_path / "figures"
     out.mkdir()
     assert beyond.figures([beyond_dir, main_dir], out, "test") == 3
     assert {p.name for p in out.glob("*.png")} == {f"accuracy_vs_{k}-partition=noniid-topology=ring.png"
                                                     for k in ("round", "bytes", "merge_compute")}
+
+
+def test_beyond_table_keeps_runs_of_different_lengths_apart(tmp_path):
+    """A longer study (its own per-round DIMAT as the compute reference) is its own section and figure."""
+    beyond = _script("beyond_table")
+    base = {"partition": "iid", "topology": "ring"}
+    dimat = {**base, "algorithm": "dimat", "merge_data": "local"}
+    ada = {**dimat, "merge.basis": "shared", "merge.rematch": "adaptive", "merge.rematch_threshold": 0.1}
+    _sweep(tmp_path / "w", {
+        "short": ({"seed": 0, **dimat}, _merge_run("dimat", [(0.5, 0.6), (0.7, 0.6)], [30.0, 30.0])),
+        "long": ({"seed": 0, **dimat, "rounds": 4},
+                 _merge_run("dimat", [(0.5, 0.6), (0.7, 0.6), (0.7, 0.7), (0.8, 0.7)], [30.0] * 4)),
+        "long-ada": ({"seed": 0, **ada, "rounds": 4},
+                     _merge_run("dimat", [(0.4, 0.6), (0.7, 0.6), (0.7, 0.7), (0.79, 0.7)], [33.0, 3.0, 3.0, 3.0],
+                                matched=[True, False, False, False]))})
+    rows = beyond.summary(beyond.runs([tmp_path / "w"]))
+    by = {(r["rounds"], r["variant"]): r for r in rows}
+    assert set(by) == {(2, "DIMAT"), (4, "DIMAT"), (4, "DIMAT, shared basis + adaptive re-matching (threshold 0.1)")}
+    long_ada = by[(4, "DIMAT, shared basis + adaptive re-matching (threshold 0.1)")]
+    assert long_ada["compute_vs_dimat"] == pytest.approx(42.0 / 120.0) and long_ada["merges_matched"] == 1
+    assert by[(2, "DIMAT")]["compute_vs_dimat"] == pytest.approx(1.0) and by[(2, "DIMAT")]["final"] == 0.7
+    md = beyond.markdown(rows)
+    assert "**iid, ring, 2 rounds**" in md and "**iid, ring, 4 rounds**" in md
+    out = tmp_path / "figures"
+    out.mkdir()
+    assert beyond.figures([tmp_path / "w"], out, "test") == 6
+    names = {p.name for p in out.glob("accuracy_vs_round-*.png")}
+    assert names == {"accuracy_vs_round-partition=iid-topology=ring.png",  # the most common length: unmarked
+                     "accuracy_vs_round-partition=iid-topology=ring-rounds=2.png"}
