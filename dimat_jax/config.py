@@ -9,7 +9,7 @@ live with the implementation and run in the runner's ``train.preflight``, still 
 This module imports only ml_collections and :mod:`dimat_jax.choices`: reading a config never loads
 JAX. Top-level keys are a stable command-line contract (``--config.<key>=...``); other settings live
 in the nested sections ``data``, ``optim``, ``pretrain``, ``merge``, ``baseline``, ``graph``,
-``agents``, ``mesh``, ``distributed``, ``guard``, ``checkpoint``, ``log``.
+``agents``, ``mesh``, ``distributed``, ``guard``, ``checkpoint``, ``runtime``, ``log``.
 """
 from __future__ import annotations
 
@@ -137,6 +137,10 @@ def get_default_config() -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_rounds = 1  # save the full state every K rounds (and at the end); 0 = never
     c.checkpoint.keep = 2         # checkpoints kept in <workdir>/checkpoints
+
+    c.runtime = ml_collections.ConfigDict()  # speed only: may change when a run is resumed
+    c.runtime.compile_cache = "auto"  # JAX's on-disk cache of compiled programs: auto ($JAX_COMPILATION_CACHE_DIR,
+    #                                   else ~/.cache/dimat_jax/xla) | a directory | off
 
     c.log = ml_collections.ConfigDict()
     c.log.progress = True         # tqdm progress bars

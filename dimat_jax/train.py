@@ -197,6 +197,7 @@ def _describe(services: Services, topo, workdir: pathlib.Path, primary: bool):
 def _run_locked(config, topo, workdir: pathlib.Path, status: str, primary: bool, log) -> dict:
     if status == "fresh" and primary:
         report.write_json(workdir / "config.json", config.to_dict())
+    cache = runtime.use_compile_cache(config.runtime.compile_cache)  # before anything compiles
     services = build_services(config, log)
     ceiling = _describe(services, topo, workdir, primary)
     n = services.data.num_agents
@@ -227,6 +228,8 @@ def _run_locked(config, topo, workdir: pathlib.Path, status: str, primary: bool,
         hint = runtime.allocator_hint(jax.default_backend())
         if hint:
             log(hint)
+        if cache:
+            log(f"compiled programs are cached in {cache} (runtime.compile_cache; 'off' disables it)")
 
         with GracefulStop(log) as stop:
             for r in range(start + 1, config.rounds + 1):

@@ -22,7 +22,7 @@ from dimat_jax import report
 from dimat_jax.config import flatten, get_default_config
 
 RESULT_FILES = ("metrics.jsonl", "summary.json")
-IGNORED_ON_RESUME = ("log.",)  # settings that may change between a run and its resumption
+IGNORED_ON_RESUME = ("log.", "runtime.")  # settings that may change between a run and its resumption
 
 
 class WorkdirError(RuntimeError):

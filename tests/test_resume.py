@@ -116,3 +116,5 @@ def test_other_settings_in_the_same_workdir_are_refused(tmp_path):
     with pytest.raises(train.WorkdirError, match="rounds: 1 there, 2 now"):
         train.run(tiny(algorithm="local", rounds=2), tmp_path / "w", log=lambda s: None)
     train.run(tiny(algorithm="local", rounds=1, log__progress=True), tmp_path / "w", log=lambda s: None)  # log.* ok
+    train.run(tiny(algorithm="local", rounds=1, runtime__compile_cache="off"), tmp_path / "w",
+              log=lambda s: None)  # runtime.* (speed only) ok
