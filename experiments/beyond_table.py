@@ -1,8 +1,8 @@
 """Table and figures of the beyond-the-paper comparison (configs/sweeps/fashion_beyond.py), with
 the main sweep's cells of the same setting as baselines (pass both workdirs):
 
-  python experiments/beyond_table.py --workdir runs/sweeps/fashion_beyond runs/sweeps/fashion_main \
-      --out experiments/results/fashion_beyond
+  python experiments/beyond_table.py --out experiments/results/fashion_beyond \
+      --workdir experiments/results/fashion_beyond/sweep experiments/results/fashion_main/sweep
 
 For every partition, topology and number of rounds: each variant's mean test accuracy (± std over
 seeds) after the first round and after the last one, the bytes it sent and the merge compute it

@@ -1,6 +1,6 @@
 """Table and figures of the real-image comparison (configs/sweeps/fashion_main.py).
 
-  python experiments/real_table.py --workdir runs/sweeps/fashion_main --out experiments/results/fashion_main
+  python experiments/real_table.py --workdir experiments/results/fashion_main/sweep --out experiments/results/fashion_main
 
 Reads the sweep's cells (finished ones; run it on a partial sweep at any time), aggregates across
 seeds and writes ``results.md`` (per partition: the pre-trained agents' accuracy, then for every

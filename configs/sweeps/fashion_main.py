@@ -1,14 +1,15 @@
 """The main comparison on real images (the README's headline table): Fashion-MNIST, 6k / 1k images
-(class-stratified) padded to 32x32x3, ResNet-20 w=1, 5 agents; ring and fully connected; IID and
-non-IID (the reference's split: class c to agent c mod 5); DIMAT with the reference's global merge
-data (full passes, BatchNorm re-estimated before matching) and with local merge data, WA, SGP, CGA,
-local, all from the same pre-trained agents; 3 pre-training epochs, then 3 rounds of 1 local epoch;
-ring; seed 0 (SEEDS, TOPOLOGIES and EXTRA widen it: fully connected, more seeds, CDSGD and
-centralized). About 1.5 hours on 2 CPU cores (CGA and the reference's full global passes take longest); resumable
-(rerun the command to continue):
+(class-stratified) padded to 32x32x3, ResNet-20 w=1, 5 agents; IID and non-IID (the reference's
+split: class c to agent c mod 5); ring and fully connected; DIMAT with local merge data and with
+the reference's global merge data (full passes, BatchNorm re-estimated before matching, as the
+reference), WA, SGP, CGA, CDSGD, local and centralized, all from the same pre-trained agents;
+3 pre-training epochs, then 3 rounds of 1 local epoch; seeds 0 and 1. 54 cells of 3-8 minutes on
+2 CPU cores (~5 hours; CGA and the global passes take longest). The workdir lives in the
+repository: finished cells' metrics are committed, so the sweep resumes across sittings (rerun the
+command; finished cells are skipped) and the table can be redrawn from a checkout:
 
-  python -m dimat_jax.sweep --sweep configs/sweeps/fashion_main.py --workdir runs/sweeps/fashion_main
-  python experiments/real_table.py --workdir runs/sweeps/fashion_main --out experiments/results/fashion_main
+  python -m dimat_jax.sweep --sweep configs/sweeps/fashion_main.py --workdir experiments/results/fashion_main/sweep
+  python experiments/real_table.py --workdir experiments/results/fashion_main/sweep --out experiments/results/fashion_main
 """
 import pathlib
 
