@@ -81,7 +81,8 @@ def summary(groups: dict) -> list[dict]:
                      "megabytes": float(np.mean([recs[-1]["bytes_sent_total"] for recs in seeds])) / 1e6,
                      "merge_gflops": float(np.mean([sum(r["merge_gflops"] for r in m) for m in merges])),
                      "merges_matched": (float(np.mean([sum(bool(r.get("merge_matched", True)) for r in m)
-                                                       for m in merges])) if merges[0] else None),
+                                                       for m in merges]))
+                                        if merges[0] and seeds[0][0]["algorithm"] != "wa" else None),  # wa: no matching
                      "merges": len(merges[0])})
     for r in rows:  # merge compute as a share of per-round DIMAT's in the same setting
         ref = [b for b in rows if (b["partition"], b["topology"], b["rounds"], b["variant"]) ==

@@ -110,6 +110,8 @@ def test_adaptive_rematching_skips_the_matching_while_bases_stay_aligned(tmp_pat
     c = tiny_config(algorithm="dimat", num_agents=3, rounds=2, merge__basis="shared", merge__rematch="always")
     train.run(c, tmp_path / "a", log=lambda s: None)
     assert all(r["merge_matched"] for r in report.read_metrics(tmp_path / "a") if r["phase"] == "merged")
+    train.run(tiny_config(algorithm="wa", num_agents=3, rounds=1), tmp_path / "wa", log=lambda s: None)
+    assert [r["merge_matched"] for r in report.read_metrics(tmp_path / "wa") if r["phase"] == "merged"] == [False]
 
 
 # ------------------------------------------------------------------------------- partial merges

@@ -137,6 +137,7 @@ class MergeFamily(Algorithm):
                                          reestimate_before=m.bn_before and match, reestimate_after=m.bn_after,
                                          key=key, received=received, basis=m.basis, match=match)
         info.gflops += probe.get("merge_probe_gflops", 0.0)
+        match = match and self.merger.matcher.name != "identity"  # wa averages: nothing is matched
         if match:
             self.matched_rounds.append(r)
             self.shared_basis = self.shared_basis or m.basis == "shared"
