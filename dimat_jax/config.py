@@ -97,7 +97,7 @@ def get_default_config() -> ml_collections.ConfigDict:
     c.merge.basis = "own"         # own (the paper: each agent merges into its own units) | shared (one common basis)
     c.merge.rematch = "always"    # always | adaptive (shared basis: match only when a probe says the bases drifted)
     c.merge.probe_examples = 200  # adaptive: examples per agent of the drift probe (and of BN re-estimation when only averaging)
-    c.merge.rematch_threshold = 0.02  # adaptive: re-match when matching would raise the mean unit correlation by more
+    c.merge.rematch_threshold = 0.1   # adaptive: re-match when matching would raise the mean unit correlation by more
     c.merge.compression = "none"  # merge messages: none | bf16 | int8 | topk
     c.merge.topk_fraction = 0.1   # topk: share of entries of each tensor's change sent per message
     c.merge.edge_fraction = 1.0   # each round merge over a random subset of the edges (kept with this probability)

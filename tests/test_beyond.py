@@ -92,7 +92,7 @@ def test_alignment_gain_is_zero_in_a_shared_basis_and_positive_otherwise():
     x = jnp.asarray(ds.x_train)
     aligned = stack(*[jax.tree.map(lambda t: t + 0.01 * a, v) for a in range(3)])  # near copies, one basis
     gain, gflops = merger.alignment_gain(aligned, hood, x, batches)
-    assert abs(gain) < 0.01 and gflops > 0  # noise only (the default threshold is 0.02)
+    assert abs(gain) < 0.01 and gflops > 0  # noise only (the default threshold is 0.1)
     permuted = stack(v, *[S.permute(v, spec, S.random_permutations(spec, jax.random.PRNGKey(a))) for a in (1, 2)])
     assert merger.alignment_gain(permuted, hood, x, batches)[0] > 0.3
 

@@ -26,7 +26,7 @@ from dimat_jax.config import load_config_file
 SEEDS = (0, 1)
 TOPOLOGIES = ("ring", "fc")
 ROUNDS_LONG = 6
-THRESHOLD = 0.1  # adaptive re-matching: 0.02 (the default) re-matched every round in a first sweep
+THRESHOLD = 0.1  # adaptive re-matching (the default since 0.02 re-matched every round in a first sweep)
 KEYS = ("algorithm", "merge_data", "merge.basis", "merge.rematch", "merge.compression", "merge.edge_fraction")
 DIMAT = ("dimat", "local", "own", "always", "none", 1.0)
 SHARED = ("dimat", "local", "shared", "always", "none", 1.0)
