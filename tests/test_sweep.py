@@ -3,6 +3,7 @@ import json
 import pathlib
 import textwrap
 
+import jax
 import numpy as np
 import pytest
 
@@ -61,11 +62,15 @@ def test_sweep_runs_skips_finished_cells_and_aggregates_across_seeds(tmp_path, m
         calls.append(pathlib.Path(workdir).name)
         return real_run(config, workdir, log)
 
+    cleared = []  # each cell's compiled programs are dropped when it ends
+    real_clear = jax.clear_caches
+    monkeypatch.setattr(jax, "clear_caches", lambda: (cleared.append(len(calls)), real_clear()))
     monkeypatch.setattr(train, "run", counting_run)
     work = tmp_path / "sw"
     sweep.run_sweep(write_sweep(tmp_path, [0, 1]), work, log=lambda s: None)
     assert sorted(calls) == sorted(["algorithm=dimat-seed=0", "algorithm=dimat-seed=1",
                                     "algorithm=local-seed=0", "algorithm=local-seed=1"])
+    assert cleared == [1, 2, 3, 4]
     assert (work / "pretrained").is_dir()  # the shared pre-training cache
     finished = {p: p.stat().st_mtime_ns for p in (work / "cells").rglob("metrics.jsonl")}
 
