@@ -86,7 +86,8 @@ class Services:
 
     @property
     def strategy(self) -> str:
-        return agents.resolve_strategy(self.config.agents.strategy, num_agents=self.data.num_agents)
+        return agents.resolve_strategy(self.config.agents.strategy, num_agents=self.data.num_agents,
+                                       algorithm=self.config.algorithm)
 
     @property
     def loss_limit(self) -> float:

@@ -67,7 +67,8 @@ def build_services(config, log=print) -> Services:
     check_input_shape(config.model, ds.image_shape)
     model = build_model(config.model, ds.num_classes, config.width, config.agents.conv_filter_grad)
     steps = steps_per_epoch([len(s) for s in data.shards], config.batch_size, config.data.steps_per_epoch)
-    strategy = agents.resolve_strategy(config.agents.strategy, num_agents=data.num_agents)
+    strategy = agents.resolve_strategy(config.agents.strategy, num_agents=data.num_agents,
+                                       algorithm=config.algorithm)
     try:
         mesh = distributed.make_mesh(config.mesh.devices, data.num_agents)
     except distributed.MeshError as e:
