@@ -34,17 +34,20 @@ def get_config():
 
 def get_grid():
     """Most informative first, seed varying fastest (the last key), so that a partial sweep already
-    gives every finished row all its seeds: the ring (the paper's sparse graph), its baselines that
-    do not communicate, the reference's global merge data, then the fully connected graph."""
+    gives every finished row all its seeds: on the ring (the paper's sparse graph) DIMAT and the
+    cheap baselines, then CGA (the dearest), the baselines that do not communicate, CDSGD, the
+    reference's global merge data; then the fully connected graph."""
     seeds, parts = list(SEEDS), ["iid", "noniid"]
     grids = []
     for i, topo in enumerate(TOPOLOGIES):
-        grids.append({"partition": parts, "topology": [topo], ("algorithm", "merge_data"): COMMUNICATING,
-                      "seed": seeds})
+        for chunk in (COMMUNICATING[:3], COMMUNICATING[3:4]):  # dimat, wa, sgp; then cga
+            grids.append({"partition": parts, "topology": [topo], ("algorithm", "merge_data"): chunk, "seed": seeds})
         if i == 0:  # local training and centralized ignore the graph: once
             grids.append({"partition": parts, "algorithm": ["local"], "seed": seeds})
-            if CENTRALIZED:
-                grids.append({"algorithm": ["centralized"], "seed": seeds})  # one model on all the data
+        grids.append({"partition": parts, "topology": [topo], ("algorithm", "merge_data"): COMMUNICATING[4:],
+                      "seed": seeds})
+        if i == 0 and CENTRALIZED:
+            grids.append({"algorithm": ["centralized"], "seed": seeds})  # one model on all the data
         grids.append({"partition": list(GLOBAL_PARTITIONS), "topology": [topo],
                       ("algorithm", "merge_data"): [("dimat", "global")], "seed": seeds})
     return grids
