@@ -1,11 +1,10 @@
 """Facts about the running process that change speed but not results: the C heap allocator and
 JAX's on-disk cache of compiled programs.
 
-Compilation is most of a short run's time on a CPU (the quick start: ~45 of its ~75 s), and every
-run of a sweep compiles the same programs again. :func:`use_compile_cache` turns on JAX's
-persistent compilation cache (keyed by the program, the compile options and the jax / XLA
-versions, so a stale entry is never used): measured here, the quick start's second run took 32 s
-instead of 75 s.
+Compilation is most of a short run's time on a CPU, and every run of a sweep compiles the same
+programs again. :func:`use_compile_cache` turns on JAX's persistent compilation cache (keyed by the
+program, the compile options and the jax / XLA versions, so a stale entry is never used); the
+quick start: 49 s cold, 25 s warm (experiments/benchmarks/compile_cache.py).
 
 XLA:CPU allocates its temporary buffers afresh on every execution of a jitted step, and glibc's
 malloc serves that pattern badly: large blocks go back to the kernel when freed, so every training
