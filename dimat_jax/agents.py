@@ -12,8 +12,9 @@ computation is laid out inside the jitted step is the *agent strategy*:
 - ``chunked``: for many agents on a CPU, compile time independent of N. The training and evaluation
   steps are a Python loop over compiled programs of :data:`CHUNK` unrolled agents, each updating its
   slice of the stacked state in place (:class:`ChunkedProgram`: one or two programs, whatever N, at
-  ``unrolled`` speed); the passes inside other jitted functions (merge statistics, gossip steps)
-  ``lax.scan`` over chunks of unrolled agents (compile time bounded, but XLA:CPU runs loops slowly).
+  ``unrolled`` speed); CGA's step is a loop over one compiled agent; the passes inside other jitted
+  functions (merge statistics, the other gossip steps) ``lax.scan`` over chunks of unrolled agents
+  (compile time bounded, but XLA:CPU runs loops slowly).
 - ``auto``: on CPU ``unrolled`` up to :data:`MAX_UNROLLED` agents and ``chunked`` above; ``vmap``
   elsewhere (see experiments/benchmarks/agent_strategies.py).
 """
@@ -52,16 +53,18 @@ class AgentState(flax.struct.PyTreeNode):
 def resolve_strategy(name: str, backend: str | None = None, num_agents: int | None = None,
                      algorithm: str | None = None) -> str:
     """Concrete strategy for ``name``; 'auto' picks by backend, agent count and algorithm ('cpu' ->
-    'unrolled' up to :data:`MAX_UNROLLED` agents, 'chunked' above; else 'vmap'). CGA takes 'vmap'
-    on a CPU too: its step computes D+1 gradients per agent, and unrolled copies of that step are
-    too big to compile (5 ResNet-20 agents on a ring: over 20 GB and 5 minutes, against 5.6 GB
-    for the whole 'vmap' run)."""
+    'unrolled' up to :data:`MAX_UNROLLED` agents, 'chunked' above; else 'vmap'). CGA takes
+    'chunked' on a CPU whatever N: its step computes D+1 gradients per agent, unrolled copies of
+    that step are too big to compile (5 ResNet-20 agents on a ring: over 20 GB and 5 minutes) and
+    'vmap' runs grouped convolutions; its chunked step is a loop over one compiled agent."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown agent strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
     if name != "auto":
         return name
-    if (backend or jax.default_backend()) != "cpu" or algorithm == "cga":
+    if (backend or jax.default_backend()) != "cpu":
         return "vmap"
+    if algorithm == "cga":
+        return "chunked"
     return "chunked" if num_agents is not None and num_agents > MAX_UNROLLED else "unrolled"
 
 
@@ -298,10 +301,12 @@ class ChunkedProgram:
         n = jax.tree.leaves(tree)[0].shape[0]
         costs = [program.lower(*self._args(tree, start, take, args)).cost_analysis()
                  for start, (program, take) in self._chunks(n)]
-        return _Summed(costs)
+        return SummedCosts(costs)
 
 
-class _Summed:
+class SummedCosts:
+    """XLA cost analyses of several programs run in turn, summed (``cost_analysis()['flops']``)."""
+
     def __init__(self, costs):
         self.costs = [c[0] if isinstance(c, (list, tuple)) else c for c in costs]
 

@@ -123,7 +123,8 @@ def test_resolve_strategy():
     assert agents.resolve_strategy("auto", "gpu") == "vmap"
     assert agents.resolve_strategy("auto", "tpu") == "vmap"
     assert agents.resolve_strategy("map") == "map"
-    assert agents.resolve_strategy("auto", "cpu", num_agents=5, algorithm="cga") == "vmap"  # too big unrolled
+    assert agents.resolve_strategy("auto", "cpu", num_agents=5, algorithm="cga") == "chunked"  # one agent a program
+    assert agents.resolve_strategy("auto", "gpu", num_agents=5, algorithm="cga") == "vmap"
     assert agents.resolve_strategy("auto", "cpu", num_agents=5, algorithm="sgp") == "unrolled"
     assert agents.resolve_strategy("unrolled", "cpu", algorithm="cga") == "unrolled"  # asked for: given
     with pytest.raises(ValueError, match="unknown agent strategy"):

@@ -147,11 +147,12 @@ def test_cga_qp_solver_matches_exact_solution_and_kkt(d):
         assert np.allclose(grad[~active], 0, atol=1e-3 * (1 + np.abs(c).max()))  # stationarity
 
 
-def test_cga_step(setup):
+@pytest.mark.parametrize("strategy", ["unrolled", "vmap", "chunked"])  # chunked: a loop over one compiled agent
+def test_cga_step(setup, strategy):
     ds, pre, model, v, idx = setup
     hood = Neighbourhood.from_matrix(W_DS)
     x = stacked_flat(v["params"])
-    new = run_one_step("cga", setup, W_DS, qp_sweeps=500)
+    new = run_one_step("cga", setup, W_DS, qp_sweeps=500, strategy=strategy)
     want = []
     for i in range(N):
         p, st = agent(v["params"], i), agent(v["batch_stats"], i)

@@ -34,8 +34,9 @@ def get_config():
 
 def get_grid():
     """Most informative first, seed varying fastest (the last key), so that a partial sweep already
-    gives every finished row all its seeds: the cheap cells (1.5-3 minutes on 2 cores) on the ring,
-    then on the fully connected graph, then CGA (~20 minutes a cell on the ring) on both."""
+    gives every finished row all its seeds: the cheap cells (1.5-3 minutes on 2 cores) and the
+    reference's global merge data (~8) on the ring, the cheap cells on the fully connected graph,
+    CGA (~8 on the ring) on both, then global merge data on the fully connected graph."""
     seeds, parts = list(SEEDS), ["iid", "noniid"]
     dimat_wa_sgp, cga, cdsgd = COMMUNICATING[:3], COMMUNICATING[3:4], COMMUNICATING[4:]
     grids = []
@@ -47,8 +48,14 @@ def get_grid():
         grids.append({"partition": parts, "topology": [topo], ("algorithm", "merge_data"): cdsgd, "seed": seeds})
         if i == 0 and CENTRALIZED:
             grids.append({"algorithm": ["centralized"], "seed": seeds})  # one model on all the data
-        grids.append({"partition": list(GLOBAL_PARTITIONS), "topology": [topo],
-                      ("algorithm", "merge_data"): [("dimat", "global")], "seed": seeds})
+        if i == 0:
+            grids.append(global_data(topo))
     for topo in TOPOLOGIES:
         grids.append({"partition": parts, "topology": [topo], ("algorithm", "merge_data"): cga, "seed": seeds})
+    grids.append(global_data(TOPOLOGIES[1]))
     return grids
+
+
+def global_data(topo):
+    return {"partition": list(GLOBAL_PARTITIONS), "topology": [topo],
+            ("algorithm", "merge_data"): [("dimat", "global")], "seed": list(SEEDS)}

@@ -180,6 +180,8 @@ def make_gossip_step(model, preprocess, kind: str, *, strategy: str = "auto", mo
         def self_weights(mixing):
             return jnp.diagonal(mixing)
 
+    if kind == "cga" and mesh is None and strategy == "chunked":
+        return _LoopedCGAStep(grads_fn, rule, qp_sweeps)
     if kind == "cga":
         def agent_grads(agent, x_all, y_all):
             params, stats, idx_slots, key, self_w, nbr_w = agent           # idx_slots [D+1, B]
@@ -214,6 +216,48 @@ def make_gossip_step(model, preprocess, kind: str, *, strategy: str = "auto", mo
         return AgentState(params=new, batch_stats=stats, opt_state=opt), {"loss": loss, "accuracy": acc}
 
     return step
+
+
+class _LoopedCGAStep:
+    """The CGA step as a Python loop over the agents (its 'chunked' strategy, 'auto' on a CPU): one
+    compiled program computes one agent's D+1 gradients and QP direction, a second mixes and
+    updates. On XLA:CPU 'vmap' turns the per-agent convolutions into grouped ones (~5x slower) and
+    unrolled copies of the step are too big to compile (5 ResNet-20 agents: over 20 GB); the one-agent
+    program is small and keeps plain convolutions. Same arguments and results as the jitted step."""
+
+    def __init__(self, grads_fn, rule: GossipRule, qp_sweeps: int):
+        def one_agent(a, params, batch_stats, idx, nbr, key, w, nbr_weight, x_all, y_all):
+            p, st = jax.tree.map(lambda x: x[a], (params, batch_stats))
+            idx_slots = jnp.concatenate([idx[a][None], idx[nbr[a]]])                 # [D+1, B]
+            keys = agents.agent_keys(jax.random.fold_in(key, a), idx_slots.shape[0])
+            per_slot = agents.over_agents(lambda sl: grads_fn(p, st, x_all[sl[0]], y_all[sl[0]], sl[1]), "unrolled")
+            g, new_stats, loss, acc = per_slot((idx_slots, keys))
+            own_stats = jax.tree.map(lambda x: x[0], new_stats)
+            return cga_direction(g, w[a, a], nbr_weight[a], qp_sweeps), own_stats, loss[0], acc[0]
+
+        def apply(state: AgentState, outs, w, lr):
+            g, stats, loss, acc = jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+            new, opt = rule.update(state.params, g, state.opt_state, lambda tree: mix(w, tree), lr)
+            return AgentState(params=new, batch_stats=stats, opt_state=opt), {"loss": loss, "accuracy": acc}
+
+        self._one, self._apply = jax.jit(one_agent), jax.jit(apply, donate_argnums=(0,))
+
+    def _outs(self, state, x_all, y_all, idx, key, w, nbr, nbr_weight, call):
+        return [call(self._one, jnp.int32(a), state.params, state.batch_stats, idx, nbr, key, w, nbr_weight,
+                     x_all, y_all) for a in range(state.num_agents)]
+
+    def __call__(self, state, x_all, y_all, idx, key, w, lr, nbr, nbr_weight):
+        outs = self._outs(state, x_all, y_all, idx, key, w, nbr, nbr_weight, lambda f, *a: f(*a))
+        return self._apply(state, outs, w, lr)
+
+    def lower(self, state, x_all, y_all, idx, key, w, lr, nbr, nbr_weight):
+        """XLA's cost of one step: N one-agent programs and the update (costs.py)."""
+        one = self._one.lower(jnp.int32(0), state.params, state.batch_stats, idx, nbr, key, w, nbr_weight,
+                              x_all, y_all)
+        outs = jax.eval_shape(self._one, jnp.int32(0), state.params, state.batch_stats, idx, nbr, key, w,
+                              nbr_weight, x_all, y_all)
+        upd = self._apply.lower(state, [outs] * state.num_agents, w, lr)
+        return agents.SummedCosts([one.cost_analysis()] * state.num_agents + [upd.cost_analysis()])
 
 
 class _StepOfMatrix:
