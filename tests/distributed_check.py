@@ -8,7 +8,6 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
 from dimat_jax import agents, report, train  # noqa: E402
 from dimat_jax.algorithms.gossip import init_opt_state, make_gossip_step  # noqa: E402

@@ -1,13 +1,11 @@
 """Bad or hostile input never becomes a result: each case reproduces a probe that once finished
 with a wrong number or a traceback, and checks the clear error (exit 2) or the right behaviour."""
-import json
 import os
 import pathlib
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest

@@ -1,7 +1,6 @@
 """Compressed merge messages: round-trip error bounds and byte counts against numpy, by hand."""
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from dimat_jax.merging import compress
 

@@ -1,5 +1,4 @@
 """Kill and resume: a run interrupted after round r and resumed equals an uninterrupted run."""
-import os
 import pathlib
 import signal
 import subprocess
@@ -10,7 +9,6 @@ import numpy as np
 import pytest
 
 from dimat_jax import report, train
-from dimat_jax.checkpoint import CheckpointError
 from dimat_jax.config import load_config_file
 from dimat_jax.services import Services
 from tiny_config import tiny_config

@@ -1,5 +1,4 @@
 """Sweeps (run, skip finished cells, resume, aggregate across seeds) and the paper-style plots."""
-import json
 import pathlib
 import textwrap
 
