@@ -5,7 +5,7 @@
 Reads the sweep's cells (finished ones; run it on a partial sweep at any time), aggregates across
 seeds and writes ``results.md`` (per partition: the pre-trained agents' accuracy, then for every
 algorithm and topology the mean ± std over seeds after the first merge / round and after the last
-one), ``results.json`` (the same numbers) and, per partition and topology, accuracy vs round and
+one, ring first, and the megabytes sent), ``results.json`` (the same numbers) and, per partition and topology, accuracy vs round and
 accuracy vs bytes sent (PNG + PDF). ``local`` and ``centralized`` ignore the topology: they appear
 in every topology's column and panel.
 """
@@ -64,7 +64,8 @@ def build(rows: list[dict]) -> dict:
                 entry["cells"].setdefault(label, {})[t] = {
                     "first": None if first is None else (first["mean_accuracy"], first["std_accuracy"]),
                     "last": None if last is None else (last["mean_accuracy"], last["std_accuracy"]),
-                    "round": last_round, "seeds": rs[0]["seeds"]}
+                    "round": last_round, "seeds": rs[0]["seeds"],
+                    "mb_sent": None if last is None else last.get("bytes_sent_total", 0.0) / 1e6}
     return out
 
 
@@ -75,22 +76,30 @@ def _fmt(v, seeds: int = 2) -> str:
     return f"{100 * v[0]:.1f}" + (f" ± {100 * v[1]:.1f}" if seeds > 1 else "")
 
 
+def topology_order(topologies) -> list[str]:
+    """The ring (the paper's sparse graph) first, then the others alphabetically."""
+    return sorted(topologies, key=lambda t: (t != "ring", t))
+
+
 def markdown(table: dict) -> str:
+    """Per partition: for each topology (ring first) accuracy after round 1 and after the last
+    round, then the megabytes every agent sent in all (summed over agents), per topology."""
     lines = []
     for part, entry in table.items():
         cells = entry["cells"]
-        topos = sorted({t for c in cells.values() for t in c})
+        topos = topology_order({t for c in cells.values() for t in c})
         last = max(c[t]["round"] for c in cells.values() for t in c)
         pre = entry["pre"]
         lines.append(f"**{part}** — pre-trained agents (round 0): {_fmt(pre, pre[2] if pre else 1)} %" +
                      (f" ({pre[2]} seed{'s' if pre[2] > 1 else ''})" if pre else ""))
         lines.append("")
-        header = ["algorithm"] + [f"{t}: round 1" for t in topos] + [f"{t}: round {last}" for t in topos]
+        header = (["algorithm"] + [f"{t}: round {r}" for t in topos for r in (1, last)]
+                  + [f"MB sent ({t})" for t in topos])
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for label in sorted(cells, key=lambda x: ORDER.index(x) if x in ORDER else len(ORDER)):
             c = cells[label]
-            vals = [_fmt(c[t]["first"], c[t]["seeds"]) if t in c else "–" for t in topos]
-            vals += [_fmt(c[t]["last"], c[t]["seeds"]) if t in c else "–" for t in topos]
+            vals = [_fmt(c[t][k], c[t]["seeds"]) if t in c else "–" for t in topos for k in ("first", "last")]
+            vals += [f"{c[t]['mb_sent']:,.0f}" if t in c and c[t]["mb_sent"] is not None else "–" for t in topos]
             lines.append("| " + " | ".join([label] + vals) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -101,7 +110,7 @@ def figures(rows: list[dict], out: pathlib.Path, title: str) -> list[str]:
     for r in rows:
         r["name"] = name(r)
     parts = sorted({r["partition"] for r in rows if "partition" in r})
-    topos = sorted({r["topology"] for r in rows if "topology" in r})
+    topos = topology_order({r["topology"] for r in rows if "topology" in r})
     for part in parts:
         for topo in topos:
             sel = [r for r in rows if r.get("partition", part) == part and r.get("topology", topo) == topo]

@@ -116,3 +116,30 @@ def test_beyond_table_keeps_runs_of_different_lengths_apart(tmp_path):
     names = {p.name for p in out.glob("accuracy_vs_round-*.png")}
     assert names == {"accuracy_vs_round-partition=iid-topology=ring.png",  # the most common length: unmarked
                      "accuracy_vs_round-partition=iid-topology=ring-rounds=2.png"}
+
+
+def test_real_table_reports_merged_points_seeds_and_bytes(tmp_path):
+    real = _script("real_table")
+    cells = {}
+    for seed, (m1, m2) in enumerate([(0.40, 0.70), (0.50, 0.60)]):  # DIMAT: merged 0.45 ± 0.05, 0.65 ± 0.05
+        for topo in ("fc", "ring"):
+            cells[f"dimat-{topo}-{seed}"] = ({"partition": "iid", "topology": topo, "algorithm": "dimat",
+                                               "merge_data": "local", "seed": seed},
+                                              _merge_run("dimat", [(m1, 0.1), (m2, 0.2)], [1.0, 1.0]))
+        cells[f"local-{seed}"] = ({"partition": "iid", "algorithm": "local", "seed": seed},
+                                  [_record(0, "trained", "local", 0.6), _record(1, "trained", "local", 0.62),
+                                   _record(2, "trained", "local", 0.64)])
+    _sweep(tmp_path, cells)
+    rows = real.aggregate(tmp_path)
+    table = real.build(rows)
+    dimat = table["iid"]["cells"]["DIMAT (local merge data)"]
+    assert dimat["ring"]["first"] == pytest.approx((0.45, 0.05)) and dimat["ring"]["last"] == pytest.approx((0.65, 0.05))
+    assert dimat["ring"]["mb_sent"] == pytest.approx(4.0)  # the last merged record's 2.0 MB x round 2
+    assert set(table["iid"]["cells"]["Local"]) == {"fc", "ring"}  # no graph: shown under every topology
+    md = real.markdown(table).splitlines()
+    header = next(line for line in md if line.startswith("| algorithm"))
+    assert header == ("| algorithm | ring: round 1 | ring: round 2 | fc: round 1 | fc: round 2 "
+                      "| MB sent (ring) | MB sent (fc) |")
+    row = next(line for line in md if line.startswith("| DIMAT"))
+    assert row == "| DIMAT (local merge data) | 45.0 ± 5.0 | 65.0 ± 5.0 | 45.0 ± 5.0 | 65.0 ± 5.0 | 4 | 4 |"
+    assert "| Local | 62.0 ± 0.0 | 64.0 ± 0.0 |" in "\n".join(md)
