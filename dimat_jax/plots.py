@@ -69,7 +69,9 @@ def plot_accuracy_vs_round(rows, path, *, keys=("algorithm",), title="", initial
         (line,) = ax.plot(x, m, label=name, lw=1.5)
         ax.fill_between(x, m - s, m + s, alpha=0.2, color=line.get_color())
     if initial_line and curves:
-        init = np.mean([rs[0]["mean_accuracy"] for rs in curves.values() if rs and rs[0]["round"] == 0])
+        # the agents' pre-trained accuracy; centralized's round 0 is its own single model
+        init = np.mean([rs[0]["mean_accuracy"] for rs in curves.values()
+                        if rs and rs[0]["round"] == 0 and rs[0]["algorithm"] != "centralized"] or [np.nan])
         ax.axhline(100 * init, ls="--", color="k", lw=1, label="initial (pre-trained)")
     from matplotlib.ticker import MaxNLocator
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

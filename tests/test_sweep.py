@@ -156,6 +156,14 @@ def test_accuracy_plots_have_one_labelled_line_per_algorithm(tmp_path):
     dimat = ax.get_lines()[0]
     np.testing.assert_allclose(dimat.get_xdata(), [1, 2, 3, 4, 5])
     np.testing.assert_allclose(dimat.get_ydata(), [65, 70, 75, 80, 85])  # the post-merge curve
+    np.testing.assert_allclose(ax.get_lines()[-1].get_ydata(), [70, 70])  # the pre-trained agents' 70 %
+
+
+def test_initial_line_leaves_out_the_centralized_model(tmp_path):
+    rows = synthetic_rows() + [{"algorithm": "centralized", "round": r, "phase": "trained", "num_agents": 1,
+                                "mean_accuracy": 0.9, "std_accuracy": 0.0} for r in (0, 1)]
+    fig = plots.plot_accuracy_vs_round(rows, tmp_path / "acc")
+    np.testing.assert_allclose(fig.axes[0].get_lines()[-1].get_ydata(), [70, 70])  # not (3 x 70 + 90) / 4
     fig = plots.plot_accuracy_vs_bytes(synthetic_rows(), tmp_path / "bytes")
     assert fig.axes[0].get_xscale() == "log" and len(fig.axes[0].get_legend().get_texts()) == 3
 
