@@ -180,8 +180,10 @@ def make_gossip_step(model, preprocess, kind: str, *, strategy: str = "auto", mo
         def self_weights(mixing):
             return jnp.diagonal(mixing)
 
-    if kind == "cga" and mesh is None and strategy == "chunked":
-        return _LoopedCGAStep(grads_fn, rule, qp_sweeps)
+    if kind == "cga" and strategy == "chunked":
+        if mesh is None:
+            return _LoopedCGAStep(grads_fn, rule, qp_sweeps)
+        strategy = "vmap"  # within a device's shard: unrolled copies of CGA's step are too big to compile
     if kind == "cga":
         def agent_grads(agent, x_all, y_all):
             params, stats, idx_slots, key, self_w, nbr_w = agent           # idx_slots [D+1, B]
