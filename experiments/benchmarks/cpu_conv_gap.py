@@ -113,7 +113,7 @@ def xla_conv_times(lhs, rhs, params):
 
     g = conv(a, k)
     cin, cout, ho, wo = rhs[2], rhs[3], g.shape[1], g.shape[2]
-    (s0, s1), ((p0, _), (p1, _)) = params["window_strides"], params["padding"]
+    s0, s1 = params["window_strides"]
 
     def dw_matmul(aa, gg):
         ap = jnp.pad(aa, ((0, 0), tuple(params["padding"][0]), tuple(params["padding"][1]), (0, 0)))
