@@ -5,8 +5,8 @@
 Reads the sweep's cells (finished ones; run it on a partial sweep at any time), aggregates across
 seeds and writes ``results.md`` (per partition: the pre-trained agents' accuracy, then for every
 algorithm and topology the mean ± std over seeds after the first merge / round and after the last
-one, ring first, and the megabytes sent), ``results.json`` (the same numbers) and, per partition and topology, accuracy vs round and
-accuracy vs bytes sent (PNG + PDF). ``local`` and ``centralized`` ignore the topology: they appear
+one, ring first, and the megabytes sent), ``results.json`` (the same numbers) and, per partition
+and topology, accuracy vs round and accuracy vs bytes sent (PNG + PDF). ``local`` and ``centralized`` ignore the topology: they appear
 in every topology's column and panel.
 """
 from __future__ import annotations

@@ -185,12 +185,7 @@ def make_gossip_step(model, preprocess, kind: str, *, strategy: str = "auto", mo
             return _LoopedCGAStep(grads_fn, rule, qp_sweeps)
         strategy = "vmap"  # within a device's shard: unrolled copies of CGA's step are too big to compile
     if kind == "cga":
-        def agent_grads(agent, x_all, y_all):
-            params, stats, idx_slots, key, self_w, nbr_w = agent           # idx_slots [D+1, B]
-            per_slot = jax.vmap(lambda i, k: grads_fn(params, stats, x_all[i], y_all[i], k))
-            g, new_stats, loss, acc = per_slot(idx_slots, agents.agent_keys(key, idx_slots.shape[0]))
-            own_stats = jax.tree.map(lambda x: x[0], new_stats)
-            return cga_direction(g, self_w, nbr_w, qp_sweeps), own_stats, loss[0], acc[0]
+        agent_grads = cga_agent_grads(grads_fn, qp_sweeps, "vmap")
     elif per_agent_data:  # several processes: each agent's data lives with the agent
         def agent_grads(agent):
             params, stats, idx, key, x_own, y_own = agent
@@ -220,6 +215,19 @@ def make_gossip_step(model, preprocess, kind: str, *, strategy: str = "auto", mo
     return step
 
 
+def cga_agent_grads(grads_fn, qp_sweeps: int, slots: str):
+    """``f((params, stats, idx_slots [D+1, B], key, self_w, nbr_w), x_all, y_all)`` -> one agent's CGA
+    direction, BatchNorm statistics (of its own batch), loss and accuracy; the D+1 gradients laid out
+    by agent strategy ``slots`` ('vmap', or 'unrolled' to keep XLA:CPU's convolutions ungrouped)."""
+    def agent_grads(agent, x_all, y_all):
+        params, stats, idx_slots, key, self_w, nbr_w = agent
+        per_slot = agents.over_agents(lambda sl: grads_fn(params, stats, x_all[sl[0]], y_all[sl[0]], sl[1]), slots)
+        g, new_stats, loss, acc = per_slot((idx_slots, agents.agent_keys(key, idx_slots.shape[0])))
+        own_stats = jax.tree.map(lambda x: x[0], new_stats)
+        return cga_direction(g, self_w, nbr_w, qp_sweeps), own_stats, loss[0], acc[0]
+    return agent_grads
+
+
 class _LoopedCGAStep:
     """The CGA step as a Python loop over the agents (its 'chunked' strategy, 'auto' on a CPU): one
     compiled program computes one agent's D+1 gradients and QP direction, a second mixes and
@@ -228,14 +236,12 @@ class _LoopedCGAStep:
     program is small and keeps plain convolutions. Same arguments and results as the jitted step."""
 
     def __init__(self, grads_fn, rule: GossipRule, qp_sweeps: int):
+        agent_grads = cga_agent_grads(grads_fn, qp_sweeps, "unrolled")
+
         def one_agent(a, params, batch_stats, idx, nbr, key, w, nbr_weight, x_all, y_all):
             p, st = jax.tree.map(lambda x: x[a], (params, batch_stats))
             idx_slots = jnp.concatenate([idx[a][None], idx[nbr[a]]])                 # [D+1, B]
-            keys = agents.agent_keys(jax.random.fold_in(key, a), idx_slots.shape[0])
-            per_slot = agents.over_agents(lambda sl: grads_fn(p, st, x_all[sl[0]], y_all[sl[0]], sl[1]), "unrolled")
-            g, new_stats, loss, acc = per_slot((idx_slots, keys))
-            own_stats = jax.tree.map(lambda x: x[0], new_stats)
-            return cga_direction(g, w[a, a], nbr_weight[a], qp_sweeps), own_stats, loss[0], acc[0]
+            return agent_grads((p, st, idx_slots, jax.random.fold_in(key, a), w[a, a], nbr_weight[a]), x_all, y_all)
 
         def apply(state: AgentState, outs, w, lr):
             g, stats, loss, acc = jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
@@ -244,22 +250,16 @@ class _LoopedCGAStep:
 
         self._one, self._apply = jax.jit(one_agent), jax.jit(apply, donate_argnums=(0,))
 
-    def _outs(self, state, x_all, y_all, idx, key, w, nbr, nbr_weight, call):
-        return [call(self._one, jnp.int32(a), state.params, state.batch_stats, idx, nbr, key, w, nbr_weight,
-                     x_all, y_all) for a in range(state.num_agents)]
-
     def __call__(self, state, x_all, y_all, idx, key, w, lr, nbr, nbr_weight):
-        outs = self._outs(state, x_all, y_all, idx, key, w, nbr, nbr_weight, lambda f, *a: f(*a))
-        return self._apply(state, outs, w, lr)
+        args = (state.params, state.batch_stats, idx, nbr, key, w, nbr_weight, x_all, y_all)
+        return self._apply(state, [self._one(jnp.int32(a), *args) for a in range(state.num_agents)], w, lr)
 
     def lower(self, state, x_all, y_all, idx, key, w, lr, nbr, nbr_weight):
         """XLA's cost of one step: N one-agent programs and the update (costs.py)."""
-        one = self._one.lower(jnp.int32(0), state.params, state.batch_stats, idx, nbr, key, w, nbr_weight,
-                              x_all, y_all)
-        outs = jax.eval_shape(self._one, jnp.int32(0), state.params, state.batch_stats, idx, nbr, key, w,
-                              nbr_weight, x_all, y_all)
-        upd = self._apply.lower(state, [outs] * state.num_agents, w, lr)
-        return agents.SummedCosts([one.cost_analysis()] * state.num_agents + [upd.cost_analysis()])
+        args = (jnp.int32(0), state.params, state.batch_stats, idx, nbr, key, w, nbr_weight, x_all, y_all)
+        outs = [jax.eval_shape(self._one, *args)] * state.num_agents
+        costs = [self._one.lower(*args).cost_analysis()] * state.num_agents
+        return agents.SummedCosts(costs + [self._apply.lower(state, outs, w, lr).cost_analysis()])
 
 
 class _StepOfMatrix:
