@@ -23,6 +23,53 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt or does not fit this run; nothing was overwritten."""
 
 
+class CheckpointLayoutError(CheckpointError):
+    """A readable checkpoint whose arrays do not have the names / shapes this run builds (another
+    dimat_jax version, model or number of agents): not corrupt, so it is left where it is."""
+
+
+def layout_difference(saved: dict, want: dict) -> str:
+    """'' when the two ``{leaf name: shape}`` maps agree, else a short account of the difference."""
+    missing = sorted(set(want) - set(saved))
+    extra = sorted(set(saved) - set(want))
+    reshaped = sorted(k for k in set(want) & set(saved) if tuple(want[k]) != tuple(saved[k]))
+    parts = [f"{label} ({len(keys)}): {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}"
+             for label, keys in (("arrays this run needs but the checkpoint lacks", missing),
+                                 ("arrays only in the checkpoint", extra)) if keys]
+    parts += [f"shape of {k}: saved {tuple(saved[k])}, now {tuple(want[k])}" for k in reshaped[:3]]
+    return "; ".join(parts)
+
+
+def _leaf_shapes(tree) -> dict:
+    """``{dotted leaf path: shape}`` of a pytree of arrays or of orbax's array metadata (dict keys,
+    attribute names and sequence indices alike become path parts, as orbax names them)."""
+    def part(key):
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                return str(getattr(key, attr))
+        return str(key)
+    flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+    return {".".join(part(k) for k in path): tuple(leaf.shape) for path, leaf in flat if hasattr(leaf, "shape")}
+
+
+def check_layout(state_dir, target, fix: str) -> None:
+    """:class:`CheckpointLayoutError` (ending with ``fix``) when the orbax checkpoint in ``state_dir``
+    holds other array names or shapes than ``target``; silent when its metadata cannot be read (the
+    restore that follows then reports it as corrupt). Orbax restores a target with an extra array
+    without complaint, so this check is what stops a silent partial restore."""
+    import orbax.checkpoint as ocp
+    try:
+        saved = _leaf_shapes(ocp.StandardCheckpointer().metadata(state_dir).item_metadata)
+    except Exception:  # missing or unreadable metadata: leave the verdict to the restore
+        return
+    diff = layout_difference(saved, _leaf_shapes(target))
+    if diff:
+        raise CheckpointLayoutError(
+            f"checkpoint {pathlib.Path(state_dir).parent} is intact but holds other arrays than this run builds "
+            f"({diff}): it was written by another dimat_jax version or for another model / number of agents. "
+            f"It was left in place; {fix}")
+
+
 def save_tree(path, tree, meta: dict) -> pathlib.Path:
     """Write ``tree`` (orbax) and ``meta`` (JSON) to the new directory ``path`` atomically (every
     process of a multi-process run calls this; orbax writes each process's shards, process 0 the rest)."""
@@ -54,9 +101,11 @@ def restore_tree(path, abstract):
     path = pathlib.Path(path).absolute()
     if not (path / "meta.json").is_file() or not (path / "state").is_dir():
         raise CheckpointError(f"{path} is not a dimat_jax checkpoint (expected meta.json and state/)")
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract)
+    check_layout(path / "state", target, "delete it or point pretrain.cache_dir / pretrain.checkpoint elsewhere "
+                                         "to pre-train afresh.")
     try:
         meta = json.loads((path / "meta.json").read_text())
-        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract)
         tree = ocp.StandardCheckpointer().restore(path / "state", target)
     except (ValueError, KeyError, OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"cannot restore {path}: it is corrupt or was saved for a different model / "
@@ -145,6 +194,8 @@ class RunCheckpointer:
         its arrays do not match the checksums saved with it."""
         ocp = self._ocp
         target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract)
+        check_layout(self.dir / str(round_) / "state", target,
+                     "resume it with the version that wrote it, or start afresh in another --workdir.")
         try:
             out = self.manager.restore(round_, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                                                       meta=ocp.args.JsonRestore()))
@@ -164,7 +215,8 @@ class RunCheckpointer:
     def restore_latest(self, abstract, log=print):
         """(round, state, meta) of the newest intact checkpoint, or None when there is none at all.
         Corrupt ones are moved aside with a message; if every checkpoint is corrupt,
-        :class:`CheckpointError` (nothing is deleted)."""
+        :class:`CheckpointError` (nothing is deleted). A checkpoint with another layout (another
+        version / model) stops with :class:`CheckpointLayoutError` and stays where it is."""
         steps = sorted(self.manager.all_steps(), reverse=True)
         if not steps:
             return None
@@ -172,6 +224,8 @@ class RunCheckpointer:
         for step in steps:
             try:
                 state, meta = self.restore(step, abstract)
+            except CheckpointLayoutError:
+                raise  # not corrupt: older checkpoints have the same layout, and nothing is moved
             except CheckpointError as e:
                 problems.append(str(e))
                 self.corrupt_dir.mkdir(exist_ok=True)

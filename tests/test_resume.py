@@ -116,3 +116,66 @@ def test_other_settings_in_the_same_workdir_are_refused(tmp_path):
     train.run(tiny(algorithm="local", rounds=1, log__progress=True), tmp_path / "w", log=lambda s: None)  # log.* ok
     train.run(tiny(algorithm="local", rounds=1, runtime__compile_cache="off"), tmp_path / "w",
               log=lambda s: None)  # runtime.* (speed only) ok
+
+
+def test_a_checkpoint_of_another_state_layout_stops_the_run_and_stays_in_place(tmp_path, monkeypatch):
+    """A version that adds an optimizer-state array cannot resume an older run's checkpoint. It must
+    say so (naming the array), not call the checkpoint corrupt, and move or delete nothing."""
+    import jax
+    import jax.numpy as jnp
+
+    from dimat_jax import agents
+    from dimat_jax.checkpoint import CheckpointLayoutError
+    config = tiny(algorithm="local", rounds=3)
+    real_emit = Services.emit
+
+    def crashing_emit(self, variables, *, round_, phase, **kw):
+        if round_ == 2:
+            raise Crash
+        return real_emit(self, variables, round_=round_, phase=phase, **kw)
+
+    monkeypatch.setattr(Services, "emit", crashing_emit)
+    with pytest.raises(Crash):
+        train.run(config, tmp_path / "w", log=lambda s: None)
+    monkeypatch.setattr(Services, "emit", real_emit)
+    before = {p: p.read_bytes() for p in (tmp_path / "w").rglob("*") if p.is_file() and "lock" not in p.name}
+    real_init = agents.init_opt_state
+
+    def newer_layout(tx, params):
+        num_agents = jax.tree.leaves(params)[0].shape[0]
+        return (*real_init(tx, params), {"drift": jnp.zeros((num_agents, 3))})  # one more chained state
+
+    monkeypatch.setattr(agents, "init_opt_state", newer_layout)
+    named = r"lacks \(1\): opt_state\.\d\.drift\).*another dimat_jax version"
+    with pytest.raises(CheckpointLayoutError, match=named) as e:
+        train.run(config, tmp_path / "w", log=lambda s: None)
+    assert "corrupt" not in str(e.value) and "left in place" in str(e.value)
+    assert not (tmp_path / "w" / "checkpoints-corrupt").exists()
+    after = {p: p.read_bytes() for p in (tmp_path / "w").rglob("*") if p.is_file() and "lock" not in p.name}
+    assert after == before
+
+
+def test_layout_difference_names_missing_extra_and_reshaped_arrays():
+    from dimat_jax.checkpoint import layout_difference
+    saved = {"params.w": (5, 3), "params.b": (5,), "opt_state.0.mu.w": (5, 3)}
+    assert layout_difference(saved, dict(saved)) == ""
+    want = {"params.w": (5, 4), "params.b": (5,), "opt_state.0.nu.w": (5, 3)}
+    diff = layout_difference(saved, want)
+    assert "lacks (1): opt_state.0.nu.w" in diff and "only in the checkpoint (1): opt_state.0.mu.w" in diff
+    assert "shape of params.w: saved (5, 3), now (5, 4)" in diff
+
+
+def test_pretrained_agents_of_another_layout_are_named_not_called_corrupt(tmp_path):
+    import numpy as np
+
+    from dimat_jax.checkpoint import CheckpointLayoutError, restore_tree, save_tree
+    tree = {"params": {"conv": {"kernel": np.ones((2, 3, 3, 1, 4), np.float32)}}, "batch_stats": {}}
+    save_tree(tmp_path / "agents", tree, {"fingerprint": {}})
+    renamed = {"params": {"conv_0": {"kernel": np.ones((2, 3, 3, 1, 4), np.float32)}}, "batch_stats": {}}
+    with pytest.raises(CheckpointLayoutError, match=r"lacks \(1\): params\.conv_0\.kernel.*pretrain\.cache_dir"):
+        restore_tree(tmp_path / "agents", renamed)
+    wider = {"params": {"conv": {"kernel": np.ones((2, 3, 3, 1, 8), np.float32)}}, "batch_stats": {}}
+    with pytest.raises(CheckpointLayoutError, match=r"shape of params\.conv\.kernel: saved \(2, 3, 3, 1, 4\), now"):
+        restore_tree(tmp_path / "agents", wider)
+    got, meta = restore_tree(tmp_path / "agents", tree)  # still there, and intact
+    np.testing.assert_array_equal(got["params"]["conv"]["kernel"], tree["params"]["conv"]["kernel"])
