@@ -55,8 +55,7 @@ def _leaf_shapes(tree) -> dict:
 def check_layout(state_dir, target, fix: str) -> None:
     """:class:`CheckpointLayoutError` (ending with ``fix``) when the orbax checkpoint in ``state_dir``
     holds other array names or shapes than ``target``; silent when its metadata cannot be read (the
-    restore that follows then reports it as corrupt). Orbax restores a target with an extra array
-    without complaint, so this check is what stops a silent partial restore."""
+    restore that follows then reports it as corrupt)."""
     import orbax.checkpoint as ocp
     try:
         saved = _leaf_shapes(ocp.StandardCheckpointer().metadata(state_dir).item_metadata)
