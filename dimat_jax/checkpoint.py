@@ -57,8 +57,9 @@ def check_layout(state_dir, target, fix: str) -> None:
     holds other array names or shapes than ``target``; silent when its metadata cannot be read (the
     restore that follows then reports it as corrupt)."""
     import orbax.checkpoint as ocp
-    try:
-        saved = _leaf_shapes(ocp.StandardCheckpointer().metadata(state_dir).item_metadata)
+    from etils import epath
+    try:  # the handler reads the tree metadata alone (the checkpointer also looks for step metadata)
+        saved = _leaf_shapes(ocp.StandardCheckpointHandler().metadata(epath.Path(state_dir)))
     except Exception:  # missing or unreadable metadata: leave the verdict to the restore
         return
     diff = layout_difference(saved, _leaf_shapes(target))
