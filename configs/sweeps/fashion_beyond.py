@@ -17,7 +17,8 @@ gives its finished rows every seed:
 2. The variants on the ring, non-IID then IID: shared basis (always / adaptive), bf16, int8 and
    top-k messages, half the edges per round.
 3. Dirichlet(0.3) label skew on the ring: DIMAT, shared basis, WA and CGA.
-4. The fully connected graph (TOPOLOGIES).
+4. The fully connected graph (TOPOLOGIES): the basis and partial-merge variants first, non-IID then
+   IID, then the compressed messages.
 """
 import pathlib
 
@@ -54,10 +55,12 @@ def _grids(variants, **fixed) -> list[dict]:
 
 
 def get_grid():
-    grids = _grids([DIMAT, ADAPTIVE], partition=["iid"], topology=[TOPOLOGIES[0]], rounds=[ROUNDS_LONG])
-    for topo in TOPOLOGIES:
+    ring, others = TOPOLOGIES[0], TOPOLOGIES[1:]
+    grids = _grids([DIMAT, ADAPTIVE], partition=["iid"], topology=[ring], rounds=[ROUNDS_LONG])
+    for part in ("noniid", "iid"):
+        grids += _grids(VARIANTS, partition=[part], topology=[ring])
+    grids += _grids(DIRICHLET, partition=["dirichlet"], topology=[ring])
+    for variants in ([SHARED, ADAPTIVE, HALF_EDGES], MESSAGES):
         for part in ("noniid", "iid"):
-            grids += _grids(VARIANTS, partition=[part], topology=[topo])
-        if topo == TOPOLOGIES[0]:
-            grids += _grids(DIRICHLET, partition=["dirichlet"], topology=[topo])
+            grids += _grids(variants, partition=[part], topology=list(others))
     return grids
