@@ -16,7 +16,7 @@ gives its finished rows every seed:
    3 rounds cannot show a saving beyond 1/3.
 2. The variants on the ring, non-IID then IID: shared basis (always / adaptive), bf16, int8 and
    top-k messages, half the edges per round.
-3. Dirichlet(0.3) label skew on the ring: DIMAT, shared basis, WA and CGA.
+3. Dirichlet(0.3) label skew on the ring: DIMAT, shared basis, WA, CGA and local training.
 4. The fully connected graph (TOPOLOGIES): the basis and partial-merge variants first, non-IID then
    IID, then the compressed messages.
 """
@@ -35,7 +35,7 @@ ADAPTIVE = ("dimat", "local", "shared", "adaptive", "none", 1.0)
 MESSAGES = [("dimat", "local", "own", "always", c, 1.0) for c in ("bf16", "int8", "topk")]
 HALF_EDGES = ("dimat", "local", "own", "always", "none", 0.5)
 VARIANTS = [SHARED, ADAPTIVE, *MESSAGES, HALF_EDGES]
-DIRICHLET = [DIMAT, SHARED, ("wa", "local", "own", "always", "none", 1.0), ("cga", "local", "own", "always", "none", 1.0)]
+DIRICHLET = [DIMAT, SHARED] + [(a, "local", "own", "always", "none", 1.0) for a in ("wa", "cga", "local")]
 
 
 def get_config():
