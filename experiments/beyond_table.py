@@ -24,7 +24,8 @@ from dimat_jax import plots, report
 from dimat_jax.sweep import CELLS_FILE, aggregate
 
 ORDER = ["DIMAT (global merge data)", "DIMAT", "DIMAT, shared basis", "DIMAT, shared basis + adaptive re-matching",
-         "DIMAT, shared basis + adaptive re-matching (threshold 0.1)", "DIMAT, bf16 messages",
+         "DIMAT, shared basis + adaptive re-matching (threshold 0.1)", "DIMAT, shared basis, matching once",
+         "DIMAT, bf16 messages",
          "DIMAT, int8 messages", "DIMAT, top-10% messages", "DIMAT, half the edges", "WA", "SGP", "CGA", "CDSGD",
          "Local", "Centralized"]
 
@@ -40,6 +41,8 @@ def variant(cell: dict) -> str:
         return plots.NAMES.get(algo, algo)
     if cell.get("merge.basis") == "shared":
         threshold = cell.get("merge.rematch_threshold")
+        if cell.get("merge.rematch") == "adaptive" and threshold is not None and threshold >= 2:
+            return "DIMAT, shared basis, matching once"  # no probe gain exceeds 2: later merges only average
         return "DIMAT, shared basis" + (" + adaptive re-matching" if cell.get("merge.rematch") == "adaptive" else "") + (
             f" (threshold {threshold})" if threshold is not None else "")
     comp = cell.get("merge.compression", "none")

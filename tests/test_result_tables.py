@@ -82,6 +82,9 @@ def test_beyond_table_joins_the_main_sweep_as_baselines(tmp_path):
     assert md.count("**noniid, ring, 2 rounds**") == 1 and "| Local |" in md  # no graph: under every topology
     assert "| DIMAT, shared basis + adaptive re-matching | 45.0 ± 5.0 | 55.0 ± 5.0 | 4.0 | 40.0 | 0.67 | 1.5 / 2 |" in md
     assert md.index("| DIMAT (global merge data) |") < md.index("| DIMAT |") < md.index("| CGA |")
+    once = {"merge.basis": "shared", "merge.rematch": "adaptive"}
+    assert beyond.variant({**once, "merge.rematch_threshold": 2.0}) == "DIMAT, shared basis, matching once"
+    assert beyond.variant({**once, "merge.rematch_threshold": 0.1}).endswith("re-matching (threshold 0.1)")
     out = tmp_path / "figures"
     out.mkdir()
     assert beyond.figures([beyond_dir, main_dir], out, "test") == 3

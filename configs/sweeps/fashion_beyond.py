@@ -19,6 +19,8 @@ gives its finished rows every seed:
 3. Dirichlet(0.3) label skew on the ring: DIMAT, shared basis, WA, CGA and local training.
 4. The fully connected graph (TOPOLOGIES): the basis and partial-merge variants first, non-IID then
    IID, then the compressed messages.
+5. Under label skew (non-IID on both graphs, Dirichlet on the ring): match once, then only
+   average in the shared basis.
 """
 import pathlib
 
@@ -28,6 +30,7 @@ SEEDS = (0, 1)
 TOPOLOGIES = ("ring", "fc")
 ROUNDS_LONG = 6
 THRESHOLD = 0.1  # adaptive re-matching (the default since 0.02 re-matched every round in a first sweep)
+MATCH_ONCE = 2.0  # no probe gain exceeds it (correlations lie in [-1, 1]): the first merge matches, later ones average
 KEYS = ("algorithm", "merge_data", "merge.basis", "merge.rematch", "merge.compression", "merge.edge_fraction")
 DIMAT = ("dimat", "local", "own", "always", "none", 1.0)
 SHARED = ("dimat", "local", "shared", "always", "none", 1.0)
@@ -44,14 +47,14 @@ def get_config():
     return c
 
 
-def _grids(variants, **fixed) -> list[dict]:
+def _grids(variants, threshold=THRESHOLD, **fixed) -> list[dict]:
     """Grid dicts for these variants; adaptive re-matching carries its drift threshold in the cell."""
     plain = [v for v in variants if v[3] != "adaptive"]
     adaptive = [v for v in variants if v[3] == "adaptive"]
     fixed = {k: list(v) for k, v in fixed.items()}
     seeds = {"seed": list(SEEDS)}  # last: seed varies fastest
     return ([{**fixed, KEYS: plain, **seeds}] if plain else []) + (
-        [{**fixed, KEYS: adaptive, "merge.rematch_threshold": [THRESHOLD], **seeds}] if adaptive else [])
+        [{**fixed, KEYS: adaptive, "merge.rematch_threshold": [threshold], **seeds}] if adaptive else [])
 
 
 def get_grid():
@@ -63,4 +66,8 @@ def get_grid():
     for variants in ([SHARED, ADAPTIVE, HALF_EDGES], MESSAGES):
         for part in ("noniid", "iid"):
             grids += _grids(variants, partition=[part], topology=list(others))
+    # match once, then average in the shared basis: does re-matching agents that share a start help
+    # under label skew, or does it scramble them?
+    grids += _grids([ADAPTIVE], threshold=MATCH_ONCE, partition=["noniid"], topology=list(TOPOLOGIES))
+    grids += _grids([ADAPTIVE], threshold=MATCH_ONCE, partition=["dirichlet"], topology=[ring])
     return grids
