@@ -17,10 +17,10 @@ gives its finished rows every seed:
 2. The variants on the ring, non-IID then IID: shared basis (always / adaptive), bf16, int8 and
    top-k messages, half the edges per round.
 3. Dirichlet(0.3) label skew on the ring: DIMAT, shared basis, WA, CGA and local training.
-4. The fully connected graph (TOPOLOGIES): the basis and partial-merge variants first, non-IID then
-   IID, then the compressed messages.
+4. The fully connected graph (TOPOLOGIES): the basis and partial-merge variants, non-IID then IID.
 5. Under label skew (non-IID on both graphs, Dirichlet on the ring): match once, then only
    average in the shared basis.
+6. Compressed messages on the fully connected graph.
 """
 import pathlib
 
@@ -63,11 +63,12 @@ def get_grid():
     for part in ("noniid", "iid"):
         grids += _grids(VARIANTS, partition=[part], topology=[ring])
     grids += _grids(DIRICHLET, partition=["dirichlet"], topology=[ring])
-    for variants in ([SHARED, ADAPTIVE, HALF_EDGES], MESSAGES):
-        for part in ("noniid", "iid"):
-            grids += _grids(variants, partition=[part], topology=list(others))
+    for part in ("noniid", "iid"):
+        grids += _grids([SHARED, ADAPTIVE, HALF_EDGES], partition=[part], topology=list(others))
     # match once, then average in the shared basis: does re-matching agents that share a start help
     # under label skew, or does it scramble them?
     grids += _grids([ADAPTIVE], threshold=MATCH_ONCE, partition=["noniid"], topology=list(TOPOLOGIES))
     grids += _grids([ADAPTIVE], threshold=MATCH_ONCE, partition=["dirichlet"], topology=[ring])
+    for part in ("noniid", "iid"):
+        grids += _grids(MESSAGES, partition=[part], topology=list(others))
     return grids
