@@ -21,6 +21,7 @@ gives its finished rows every seed:
 5. Under label skew (non-IID on both graphs, Dirichlet on the ring): match once, then only
    average in the shared basis.
 6. Compressed messages on the fully connected graph.
+7. The non-IID ring over ROUNDS_LONG rounds: matching once against CGA.
 """
 import pathlib
 
@@ -38,6 +39,7 @@ ADAPTIVE = ("dimat", "local", "shared", "adaptive", "none", 1.0)
 MESSAGES = [("dimat", "local", "own", "always", c, 1.0) for c in ("bf16", "int8", "topk")]
 HALF_EDGES = ("dimat", "local", "own", "always", "none", 0.5)
 VARIANTS = [SHARED, ADAPTIVE, *MESSAGES, HALF_EDGES]
+CGA = ("cga", "local", "own", "always", "none", 1.0)
 DIRICHLET = [DIMAT, SHARED] + [(a, "local", "own", "always", "none", 1.0) for a in ("wa", "cga", "local")]
 
 
@@ -71,4 +73,7 @@ def get_grid():
     grids += _grids([ADAPTIVE], threshold=MATCH_ONCE, partition=["dirichlet"], topology=[ring])
     for part in ("noniid", "iid"):
         grids += _grids(MESSAGES, partition=[part], topology=list(others))
+    # the non-IID ring over ROUNDS_LONG rounds: matching once against CGA, both still rising at round 3
+    grids += _grids([ADAPTIVE], threshold=MATCH_ONCE, partition=["noniid"], topology=[ring], rounds=[ROUNDS_LONG])
+    grids += _grids([CGA], partition=["noniid"], topology=[ring], rounds=[ROUNDS_LONG])
     return grids
