@@ -36,9 +36,18 @@ def _finish(fig, ax, path, xlabel: str, ylabel: str, title: str, **grid):
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3, **grid)
-    ax.legend(fontsize=7)
+    if len(ax.get_legend_handles_labels()[1]) > 6:  # many lines: the legend beside the axes, not over them
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    else:
+        ax.legend(fontsize=7)
     _save(fig, path)
     return fig
+
+
+def _line_style(i: int) -> str:
+    """Solid for the first 10 lines (the colour cycle's length), then dashed, then dotted, so lines
+    that share a colour stay apart."""
+    return ("-", "--", ":")[min(i // 10, 2)]
 
 
 def label(row: dict, keys) -> str:
@@ -61,12 +70,12 @@ def plot_accuracy_vs_round(rows, path, *, keys=("algorithm",), title="", initial
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4), dpi=150)
     curves = reported(rows, keys)
-    for name, rs in curves.items():
+    for i, (name, rs) in enumerate(curves.items()):
         rs = [r for r in rs if r["round"] > 0]
         x = np.array([r["round"] for r in rs])
         m = 100 * np.array([r["mean_accuracy"] for r in rs])
         s = 100 * np.array([r["std_accuracy"] for r in rs])
-        (line,) = ax.plot(x, m, label=name, lw=1.5)
+        (line,) = ax.plot(x, m, label=name, lw=1.5, ls=_line_style(i))
         ax.fill_between(x, m - s, m + s, alpha=0.2, color=line.get_color())
     if initial_line and curves:
         # the agents' pre-trained accuracy; centralized's round 0 is its own single model
@@ -83,6 +92,7 @@ def _plot_accuracy_vs_cumulative(rows, path, field: str, xlabel: str, keys, titl
     group; groups whose ``field`` stays 0 are left out."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4), dpi=150)
+    drawn = 0
     for name, rs in reported(rows, keys).items():
         rs = [r for r in rs if r.get(field, 0) > 0]
         if not rs:
@@ -90,7 +100,8 @@ def _plot_accuracy_vs_cumulative(rows, path, field: str, xlabel: str, keys, titl
         x = np.array([r[field] for r in rs])
         m = 100 * np.array([r["mean_accuracy"] for r in rs])
         s = 100 * np.array([r["std_accuracy"] for r in rs])
-        (line,) = ax.plot(x, m, marker="o", ms=3, label=name)
+        (line,) = ax.plot(x, m, marker="o", ms=3, label=name, ls=_line_style(drawn))
+        drawn += 1
         ax.fill_between(x, m - s, m + s, alpha=0.2, color=line.get_color())
     ax.set_xscale("log")
     return _finish(fig, ax, path, xlabel, "test accuracy (%)", title, which="both")

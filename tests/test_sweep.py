@@ -168,6 +168,25 @@ def test_initial_line_leaves_out_the_centralized_model(tmp_path):
     assert fig.axes[0].get_xscale() == "log" and len(fig.axes[0].get_legend().get_texts()) == 3
 
 
+def test_many_lines_keep_apart_and_their_legend_off_the_data(tmp_path):
+    """12 groups: the 11th and 12th lines reuse the first colours, so they are dashed; the legend sits
+    right of the axes instead of over the curves."""
+    rows = [{"algorithm": "dimat", "variant": f"v{i:02d}", "round": r, "phase": "merged", "num_agents": 5,
+             "mean_accuracy": 0.5 + 0.01 * i, "std_accuracy": 0.0} for i in range(12) for r in (1, 2)]
+    fig = plots.plot_accuracy_vs_round(rows, tmp_path / "many", keys=("variant",), initial_line=False)
+    ax = fig.axes[0]
+    lines = ax.get_lines()
+    assert [ln.get_label() for ln in lines] == [f"v{i:02d}" for i in range(12)]
+    assert lines[0].get_linestyle() == "-" and lines[10].get_linestyle() == "--"
+    assert lines[0].get_color() == lines[10].get_color()  # why the style must differ
+    fig.canvas.draw()
+    legend, axes = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert legend.x0 >= axes.x1  # entirely right of the plotting area
+    few = plots.plot_accuracy_vs_round(rows[:6], tmp_path / "few", keys=("variant",), initial_line=False)
+    few.canvas.draw()
+    assert few.axes[0].get_legend().get_window_extent().x0 < few.axes[0].get_window_extent().x1
+
+
 def test_communication_scalability_plots_and_tables(tmp_path):
     finals = [f for f in synthetic_finals() if f["partition"] == "iid"]
     fig = plots.plot_messages_per_epoch(finals, tmp_path / "msgs")
