@@ -22,6 +22,7 @@ gives its finished rows every seed:
    average in the shared basis.
 6. Compressed messages on the fully connected graph.
 7. The non-IID ring over ROUNDS_LONG rounds: matching once against CGA.
+8. Dirichlet(0.3) on the fully connected graph: DIMAT, WA, matching once.
 """
 import pathlib
 
@@ -40,6 +41,7 @@ MESSAGES = [("dimat", "local", "own", "always", c, 1.0) for c in ("bf16", "int8"
 HALF_EDGES = ("dimat", "local", "own", "always", "none", 0.5)
 VARIANTS = [SHARED, ADAPTIVE, *MESSAGES, HALF_EDGES]
 CGA = ("cga", "local", "own", "always", "none", 1.0)
+WA = ("wa", "local", "own", "always", "none", 1.0)
 DIRICHLET = [DIMAT, SHARED] + [(a, "local", "own", "always", "none", 1.0) for a in ("wa", "cga", "local")]
 
 
@@ -76,4 +78,7 @@ def get_grid():
     # the non-IID ring over ROUNDS_LONG rounds: matching once against CGA, both still rising at round 3
     grids += _grids([ADAPTIVE], threshold=MATCH_ONCE, partition=["noniid"], topology=[ring], rounds=[ROUNDS_LONG])
     grids += _grids([CGA], partition=["noniid"], topology=[ring], rounds=[ROUNDS_LONG])
+    # Dirichlet(0.3) on the fully connected graph: the paper's DIMAT, matching once, WA
+    grids += _grids([DIMAT, WA], partition=["dirichlet"], topology=list(others))
+    grids += _grids([ADAPTIVE], threshold=MATCH_ONCE, partition=["dirichlet"], topology=list(others))
     return grids
