@@ -52,6 +52,11 @@ def _leaf_shapes(tree) -> dict:
     return {".".join(part(k) for k in path): tuple(leaf.shape) for path, leaf in flat if hasattr(leaf, "shape")}
 
 
+def _shapes_of(tree):
+    """``tree`` as ``jax.ShapeDtypeStruct`` leaves: the restore target."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+
+
 def check_layout(state_dir, target, fix: str) -> None:
     """:class:`CheckpointLayoutError` (ending with ``fix``) when the orbax checkpoint in ``state_dir``
     holds other array names or shapes than ``target``; silent when its metadata cannot be read (the
@@ -101,7 +106,7 @@ def restore_tree(path, abstract):
     path = pathlib.Path(path).absolute()
     if not (path / "meta.json").is_file() or not (path / "state").is_dir():
         raise CheckpointError(f"{path} is not a dimat_jax checkpoint (expected meta.json and state/)")
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract)
+    target = _shapes_of(abstract)
     check_layout(path / "state", target, "delete it or point pretrain.cache_dir / pretrain.checkpoint elsewhere "
                                          "to pre-train afresh.")
     try:
@@ -193,7 +198,7 @@ class RunCheckpointer:
         """(state, meta) of checkpoint ``round_``; :class:`CheckpointError` when it cannot be read or
         its arrays do not match the checksums saved with it."""
         ocp = self._ocp
-        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract)
+        target = _shapes_of(abstract)
         check_layout(self.dir / str(round_) / "state", target,
                      "resume it with the version that wrote it, or start afresh in another --workdir.")
         try:

@@ -92,16 +92,12 @@ def _plot_accuracy_vs_cumulative(rows, path, field: str, xlabel: str, keys, titl
     group; groups whose ``field`` stays 0 are left out."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4), dpi=150)
-    drawn = 0
-    for name, rs in reported(rows, keys).items():
-        rs = [r for r in rs if r.get(field, 0) > 0]
-        if not rs:
-            continue
+    curves = {name: [r for r in rs if r.get(field, 0) > 0] for name, rs in reported(rows, keys).items()}
+    for i, (name, rs) in enumerate((name, rs) for name, rs in curves.items() if rs):
         x = np.array([r[field] for r in rs])
         m = 100 * np.array([r["mean_accuracy"] for r in rs])
         s = 100 * np.array([r["std_accuracy"] for r in rs])
-        (line,) = ax.plot(x, m, marker="o", ms=3, label=name, ls=_line_style(drawn))
-        drawn += 1
+        (line,) = ax.plot(x, m, marker="o", ms=3, label=name, ls=_line_style(i))
         ax.fill_between(x, m - s, m + s, alpha=0.2, color=line.get_color())
     ax.set_xscale("log")
     return _finish(fig, ax, path, xlabel, "test accuracy (%)", title, which="both")
